@@ -1,0 +1,264 @@
+//! The one place that talks to the Redis client library. Everything else in the crate goes
+//! through [`Redis`], so the client could be swapped without touching the engine, and the
+//! client's pitfalls (retries after reconnect, blocking reads stalling a shared connection)
+//! are handled once, here.
+
+use std::time::Duration;
+
+use fred::prelude::{
+    ClientLike, Config as FredConfig, ConnectionConfig, EventInterface, PerformanceConfig,
+    ReconnectPolicy, TcpConfig,
+};
+use fred::types::{ClusterHash, CustomCommand};
+
+pub use fred::types::Value;
+
+/// A Redis error, classified so callers can decide what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The consumer group (or its stream) does not exist: re-declare it.
+    #[error("NOGROUP: {0}")]
+    NoGroup(String),
+    /// Redis refused a write because it is at `maxmemory` with `noeviction`.
+    #[error("redis is out of memory: {0}")]
+    OutOfMemory(String),
+    /// Connection-level trouble: retry later.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Any other error reply from Redis.
+    #[error("redis error: {0}")]
+    Command(String),
+    /// The reply did not have the shape we expected.
+    #[error("unexpected reply to {what}: {detail}")]
+    Protocol { what: &'static str, detail: String },
+}
+
+impl BusError {
+    /// True when retrying later can succeed (connection trouble, OOM, timeouts).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BusError::Unavailable(_) | BusError::OutOfMemory(_))
+    }
+
+    pub(crate) fn protocol(what: &'static str, detail: impl Into<String>) -> Self {
+        BusError::Protocol {
+            what,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<fred::error::Error> for BusError {
+    fn from(e: fred::error::Error) -> Self {
+        use fred::error::ErrorKind as K;
+        let details = e.details().to_string();
+        if details.starts_with("NOGROUP") || details.contains("NOGROUP") {
+            return BusError::NoGroup(details);
+        }
+        if details.starts_with("OOM") {
+            return BusError::OutOfMemory(details);
+        }
+        match e.kind() {
+            K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster => {
+                BusError::Unavailable(format!("{:?}: {details}", e.kind()))
+            }
+            _ if details.starts_with("LOADING")
+                || details.starts_with("BUSY")
+                || details.starts_with("TRYAGAIN")
+                || details.starts_with("CLUSTERDOWN")
+                || details.starts_with("MASTERDOWN")
+                || details.starts_with("READONLY") =>
+            {
+                BusError::Unavailable(details)
+            }
+            _ => BusError::Command(details),
+        }
+    }
+}
+
+/// A connection (or auto-pipelined set of connections) to Redis.
+#[derive(Clone)]
+pub struct Redis {
+    client: fred::clients::Client,
+    url: String,
+    timeout: Duration,
+}
+
+impl Redis {
+    /// Builds a client for `url` and connects it, failing if Redis does not answer within
+    /// `timeout`. The client reconnects on its own afterwards (exponential backoff, forever);
+    /// commands get at most two attempts so a write is repeated at most once after a
+    /// reconnect, which the consumers' de-duplication by event id absorbs.
+    pub async fn connect(url: &str, timeout: Duration) -> Result<Redis, BusError> {
+        let config = FredConfig::from_url(url)
+            .map_err(|e| BusError::Command(format!("invalid redis url {url:?}: {e}")))?;
+        let client = fred::types::Builder::from_config(config)
+            .with_connection_config(|c: &mut ConnectionConfig| {
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
+                c.max_command_attempts = 2;
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..Default::default()
+                };
+            })
+            .with_performance_config(|p: &mut PerformanceConfig| {
+                // Concurrent commands on one client are auto-pipelined (fred's default).
+                p.default_command_timeout = timeout;
+            })
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .build()
+            .map_err(BusError::from)?;
+        let redis = Redis {
+            client,
+            url: url.to_string(),
+            timeout,
+        };
+        redis.client.init().await.map_err(BusError::from)?;
+        Ok(redis)
+    }
+
+    /// A new, independent connection with the same settings. Every blocking reader gets its
+    /// own: a blocked XREADGROUP would otherwise stall every command queued behind it.
+    pub async fn dedicated(&self) -> Result<Redis, BusError> {
+        let client = self.client.clone_new();
+        client.init().await.map_err(BusError::from)?;
+        Ok(Redis {
+            client,
+            url: self.url.clone(),
+            timeout: self.timeout,
+        })
+    }
+
+    /// The URL this client was built from.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Closes the connection.
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+
+    /// Calls `f` each time the client reconnects (metrics, logs).
+    pub fn on_reconnect(&self, f: impl Fn() + Send + 'static) {
+        let _ = self.client.on_reconnect(move |_| {
+            f();
+            async { Ok(()) }
+        });
+    }
+
+    /// Sends one command with arbitrary arguments and returns the raw reply.
+    pub async fn cmd(&self, name: &'static str, args: Vec<Value>) -> Result<Value, BusError> {
+        let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+        self.client
+            .custom::<Value, Value>(cmd, args)
+            .await
+            .map_err(BusError::from)
+    }
+
+    /// Sends a blocking command (XREADGROUP … BLOCK); the caller owns this connection.
+    pub async fn blocking_cmd(
+        &self,
+        name: &'static str,
+        key_offset: usize,
+        args: Vec<Value>,
+    ) -> Result<Value, BusError> {
+        let cmd = CustomCommand::new_static(name, ClusterHash::Offset(key_offset), true);
+        // A blocked read must not be cut short by the default command timeout.
+        let opts = fred::types::config::Options {
+            timeout: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        };
+        use fred::interfaces::ClientLike as _;
+        self.client
+            .with_options(&opts)
+            .custom::<Value, Value>(cmd, args)
+            .await
+            .map_err(BusError::from)
+    }
+
+    /// Sends several commands in one round trip and returns every reply (errors included,
+    /// per command) in order.
+    pub async fn pipeline(
+        &self,
+        cmds: Vec<(&'static str, Vec<Value>)>,
+    ) -> Result<Vec<Result<Value, BusError>>, BusError> {
+        use fred::interfaces::ClientLike as _;
+        let pipe = self.client.pipeline();
+        for (name, args) in cmds {
+            let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+            let _: () = pipe.custom(cmd, args).await.map_err(BusError::from)?;
+        }
+        let replies = pipe.try_all::<Value>().await;
+        Ok(replies
+            .into_iter()
+            .map(|r| r.map_err(BusError::from))
+            .collect())
+    }
+}
+
+/// Converts anything string-like or numeric into a command argument.
+pub fn arg(v: impl Into<Value>) -> Value {
+    v.into()
+}
+
+/// Reads a reply as text (bulk or simple string); `None` for nil.
+pub fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.to_string()),
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::Integer(i) => Some(i.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        _ => None,
+    }
+}
+
+/// Reads a reply as raw bytes.
+pub fn as_bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Bytes(b) => Some(b.to_vec()),
+        Value::Integer(i) => Some(i.to_string().into_bytes()),
+        _ => None,
+    }
+}
+
+/// Reads a reply as an integer.
+pub fn as_int(v: &Value) -> Option<i64> {
+    match v {
+        Value::Integer(i) => Some(*i),
+        Value::String(s) => s.parse().ok(),
+        Value::Bytes(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Reads a reply as an array (RESP3 maps are flattened into key, value, key, value).
+pub fn as_array(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(a) => Some(a),
+        Value::Map(m) => {
+            let mut out = vec![];
+            for (k, v) in m.inner() {
+                out.push(Value::from(k));
+                out.push(v);
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// Reads a flat `[k1, v1, k2, v2, …]` reply into pairs of strings.
+pub fn as_pairs(v: Value) -> Vec<(String, Value)> {
+    let mut out = vec![];
+    if let Some(a) = as_array(v) {
+        let mut it = a.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            if let Some(k) = as_string(&k) {
+                out.push((k, v));
+            }
+        }
+    }
+    out
+}

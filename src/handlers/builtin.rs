@@ -1,0 +1,81 @@
+//! Generic handlers that need no domain knowledge: useful for bridging streams (e.g. a
+//! `.v1` → `.v2` migration) and as the reference workloads of the benchmarks.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::{Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options};
+use crate::config::GroupConfig;
+
+/// Re-publishes every event unchanged (payload bytes kept) to each stream the group
+/// `publishes`, as a derived event (same `cid`, `caus` = source id).
+pub struct Forward {
+    targets: Vec<String>,
+}
+
+impl Forward {
+    /// Builds from the group config; needs at least one `publishes` stream.
+    pub fn build(g: &GroupConfig) -> Result<Arc<dyn Handler>, String> {
+        deny_unknown_options(g, &[])?;
+        if g.publishes.is_empty() {
+            return Err("builtin.forward needs at least one stream in `publishes`".into());
+        }
+        Ok(Arc::new(Forward {
+            targets: g.publishes.clone(),
+        }))
+    }
+}
+
+impl Handler for Forward {
+    fn step(&self, ev: &Event, _: &[Vec<Reply>]) -> Result<Step, HandlerError> {
+        let emit = self
+            .targets
+            .iter()
+            .map(|t| {
+                let mut e = Emit::raw(t, ev.env.data.clone());
+                // Keep the source encoding: forwarding must not re-encode foreign JSON.
+                if ev.env.ct == crate::envelope::ContentType::Json {
+                    e.data = json_to_msgpack(&ev.env.data).unwrap_or_else(|| ev.env.data.clone());
+                }
+                e
+            })
+            .collect();
+        Ok(Step::Done { ops: vec![], emit })
+    }
+}
+
+fn json_to_msgpack(data: &[u8]) -> Option<Vec<u8>> {
+    let v: serde_json::Value = serde_json::from_slice(data).ok()?;
+    rmp_serde::to_vec_named(&v).ok()
+}
+
+/// Counts events per `user_id` in the hash `astra:count:<group>` (one atomic HINCRBY).
+pub struct CountByUser {
+    key: String,
+}
+
+#[derive(Deserialize)]
+struct UserBearing {
+    user_id: String,
+}
+
+impl CountByUser {
+    /// Builds from the group config.
+    pub fn build(g: &GroupConfig) -> Result<Arc<dyn Handler>, String> {
+        deny_unknown_options(g, &[])?;
+        Ok(Arc::new(CountByUser {
+            key: format!("astra:count:{}", g.name),
+        }))
+    }
+}
+
+impl Handler for CountByUser {
+    fn step(&self, ev: &Event, _: &[Vec<Reply>]) -> Result<Step, HandlerError> {
+        let p: UserBearing = ev.payload()?;
+        Ok(Step::Done {
+            ops: vec![Op::hincrby(&self.key, p.user_id, 1)],
+            emit: vec![],
+        })
+    }
+}

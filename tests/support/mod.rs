@@ -1,0 +1,329 @@
+//! Test harness: real `redis-server` processes on free loopback ports, in temp dirs,
+//! killed on drop. No mocks: every integration test talks to a real Redis.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A directory removed on drop.
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let path = std::env::temp_dir().join(format!(
+            "astra-bus-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir { path }
+    }
+
+    pub fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Sends one command over a fresh connection, returns the raw RESP reply text.
+/// Used by the harness itself (readiness, cluster state) so it does not depend on the
+/// crate under test.
+pub fn raw_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    }
+    s.write_all(req.as_bytes())?;
+    let mut buf = vec![0u8; 65536];
+    let n = s.read(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Options for a single Redis server.
+#[derive(Clone, Default)]
+pub struct RedisOptions {
+    /// Enable AOF (fsync every second) so a kill -9 + restart keeps the data.
+    pub appendonly: bool,
+    /// Extra `--name value` arguments.
+    pub extra: Vec<(String, String)>,
+}
+
+/// A private `redis-server`, killed (and its directory removed) on drop.
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: TempDir,
+    child: Option<Child>,
+    opts: RedisOptions,
+}
+
+impl RedisServer {
+    /// Starts a server with no persistence.
+    pub fn start() -> RedisServer {
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// Starts a server with options.
+    pub fn start_with(opts: RedisOptions) -> RedisServer {
+        let mut server = RedisServer {
+            port: 0,
+            dir: TempDir::new("redis"),
+            child: None,
+            opts,
+        };
+        for _ in 0..5 {
+            // The port may be taken between probing and binding: then try another.
+            server.port = free_port();
+            server.child = Some(spawn_redis(server.port, &server.dir.path, &server.opts, &[]));
+            if server.wait_ready(Duration::from_secs(10)) {
+                return server;
+            }
+            server.kill();
+        }
+        panic!("redis-server did not start (see {:?})", server.dir.path);
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return false;
+            }
+            if let Ok(r) = raw_command(self.port, &["PING"])
+                && r.starts_with("+PONG")
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// kill -9 the server (data on disk stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and directory (after [`kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let child = spawn_redis(self.port, &self.dir.path, &self.opts, &[]);
+            self.child = Some(child);
+            if self.wait_ready(Duration::from_secs(5)) {
+                return;
+            }
+            self.kill();
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `redis-cli` against this server and returns stdout.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+fn spawn_redis(port: u16, dir: &Path, opts: &RedisOptions, more: &[&str]) -> Child {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--dir", &dir.to_string_lossy()])
+        .args(["--save", ""])
+        .args(["--protected-mode", "yes"])
+        .args(["--logfile", &dir.join("redis.log").to_string_lossy()])
+        .args(["--maxmemory-policy", "noeviction"]);
+    if opts.appendonly {
+        cmd.args(["--appendonly", "yes", "--appendfsync", "everysec"]);
+    } else {
+        cmd.args(["--appendonly", "no"]);
+    }
+    for (k, v) in &opts.extra {
+        cmd.arg(format!("--{k}")).arg(v);
+    }
+    cmd.args(more);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd.spawn()
+        .expect("spawn redis-server (is it installed? setup/test installs it)")
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A 3-master Redis Cluster on loopback, torn down on drop.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    dirs: Vec<TempDir>,
+    children: Vec<Child>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them with `redis-cli --cluster create`.
+    pub fn start() -> RedisCluster {
+        let mut ports = vec![];
+        let mut dirs = vec![];
+        let mut children = vec![];
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = TempDir::new("cluster");
+            let child = spawn_redis(
+                port,
+                &dir.path,
+                &RedisOptions::default(),
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "2000",
+                ],
+            );
+            ports.push(port);
+            dirs.push(dir);
+            children.push(child);
+        }
+        let cluster = RedisCluster {
+            ports,
+            dirs,
+            children,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for p in &cluster.ports {
+            while !raw_command(*p, &["PING"]).is_ok_and(|r| r.starts_with("+PONG")) {
+                assert!(Instant::now() < deadline, "cluster node {p} did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addrs: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = cluster.ports.iter().all(|p| {
+                raw_command(*p, &["CLUSTER", "INFO"]).is_ok_and(|r| r.contains("cluster_state:ok"))
+            });
+            if ok {
+                break;
+            }
+            assert!(Instant::now() < deadline, "cluster did not reach state ok");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cluster
+    }
+
+    /// Seed URLs, one per master.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.dirs.clear();
+    }
+}
+
+/// The repository root (where the shipped config lives).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Copies the shipped config (`streams.toml`, `consumer-groups/`) into a temp dir.
+pub fn shipped_config_copy() -> TempDir {
+    let d = TempDir::new("config");
+    copy_config(&repo_root(), &d.path);
+    d
+}
+
+/// Copies `streams.toml` and `consumer-groups/*.toml` from `from` into `to`.
+pub fn copy_config(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to.join("consumer-groups")).unwrap();
+    std::fs::copy(from.join("streams.toml"), to.join("streams.toml")).unwrap();
+    for e in std::fs::read_dir(from.join("consumer-groups")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join("consumer-groups").join(e.file_name())).unwrap();
+    }
+}
+
+/// Writes a config dir from literal file contents: `streams.toml` plus `(domain, text)`.
+pub fn write_config(streams: &str, groups: &[(&str, &str)]) -> TempDir {
+    let d = TempDir::new("config");
+    std::fs::create_dir_all(d.join("consumer-groups")).unwrap();
+    std::fs::write(d.join("streams.toml"), streams).unwrap();
+    for (domain, text) in groups {
+        std::fs::write(d.join(format!("consumer-groups/{domain}.toml")), text).unwrap();
+    }
+    d
+}
+
+/// Path of the built `astra-bus` binary.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_astra-bus"))
+}
