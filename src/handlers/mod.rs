@@ -29,7 +29,14 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use crate::config::{GroupConfig, parse_stream_name};
 use crate::envelope::{Envelope, EnvelopeError, encode_msgpack};
 
+pub mod analytics;
 pub mod builtin;
+pub mod financial;
+pub mod gamification;
+pub mod nft;
+pub mod social;
+pub mod trading;
+pub mod user;
 
 /// One consumed event.
 #[derive(Debug, Clone)]
@@ -554,7 +561,15 @@ impl Registry {
 
 /// The domain handlers (one file per domain).
 fn domain_handlers() -> Vec<(&'static str, Constructor)> {
-    vec![]
+    let mut v = vec![];
+    v.extend(trading::handlers());
+    v.extend(gamification::handlers());
+    v.extend(social::handlers());
+    v.extend(financial::handlers());
+    v.extend(nft::handlers());
+    v.extend(user::handlers());
+    v.extend(analytics::handlers());
+    v
 }
 
 /// True if the built-in registry knows `name`.
