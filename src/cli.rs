@@ -9,14 +9,24 @@ use clap::{Parser, Subcommand};
 
 use crate::bus::Redis;
 use crate::bus::declare::{GroupState, declare};
+use crate::bus::publish::publish;
 use crate::config::Config;
+use crate::daemon::RunOptions;
+use crate::envelope::{ContentType, Envelope};
+use crate::shutdown::Shutdown;
 
 /// Redis Streams as a dependable event bus.
 #[derive(Debug, Parser)]
 #[command(name = "astra-bus", version, about, long_about = None)]
 pub struct Cli {
     /// Directory holding streams.toml and consumer-groups/.
-    #[arg(long, short = 'c', global = true, default_value = ".", env = "ASTRA_CONFIG_DIR")]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        default_value = ".",
+        env = "ASTRA_CONFIG_DIR"
+    )]
     pub config: PathBuf,
 
     /// Log format.
@@ -46,13 +56,129 @@ pub enum Command {
     ///
     /// Example: ASTRA_REDIS_URL=redis://127.0.0.1:6379 astra-bus declare
     Declare,
+
+    /// Run the daemon: declare, then consume with every configured group until SIGTERM.
+    ///
+    /// SIGTERM or Ctrl-C: stop reading, finish in-flight work, exit 0 within
+    /// daemon.shutdown_deadline (unfinished entries stay pending and are reclaimed later).
+    /// SIGHUP: reload the configuration (an invalid one is logged and the old one kept).
+    ///
+    /// Example: astra-bus run --config /etc/astra-bus
+    Run,
+
+    /// Publish one event (JSON payload) to a declared stream; prints event and entry id.
+    ///
+    /// The payload is checked against the stream's schema and stored as MessagePack.
+    ///
+    /// Example: astra-bus publish astra.user.registered.v1 '{"user_id":"u1","display_name":"Ada"}'
+    Publish {
+        /// Stream name (must be declared).
+        stream: String,
+        /// JSON payload.
+        json: String,
+        /// Correlation id (default: the new event's id).
+        #[arg(long)]
+        cid: Option<String>,
+        /// Producer name recorded in `src`.
+        #[arg(long, default_value = "astra-bus-cli")]
+        src: String,
+    },
+
+    /// Per group and stream: length, lag, pending, oldest pending age, consumers, dead letters.
+    ///
+    /// Example: astra-bus status
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+
+    /// Print a stream's events decoded, then follow new ones.
+    ///
+    /// Example: astra-bus tail astra.gamification.xp_awarded.v1 --last 20
+    Tail {
+        /// Stream name (must be declared).
+        stream: String,
+        /// How many existing events to print first.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+        /// Exit after printing the existing events instead of following.
+        #[arg(long)]
+        no_follow: bool,
+    },
+
+    /// Dead letters: list, replay to the original stream, or purge.
+    ///
+    /// Example: astra-bus dlq list --group gamification.xp_processing
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+
+    /// Print the tree of events that share a correlation id.
+    ///
+    /// Streams are scanned from a minute before the correlation id's time (UUIDv7 ids carry
+    /// it; otherwise --since) for --window.
+    ///
+    /// Example: astra-bus trace 0193a6f2-7c1e-7d3a-9a51-0c2b6f1e9d10
+    Trace {
+        /// Correlation id.
+        cid: String,
+        /// Scan window length.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        window: std::time::Duration,
+        /// Scan start as a duration ago, when the cid carries no time (e.g. "24h").
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        since: std::time::Duration,
+    },
+}
+
+/// `dlq` actions.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters (oldest first).
+    ///
+    /// Example: astra-bus dlq list --count 20
+    List {
+        /// Only those of this group.
+        #[arg(long)]
+        group: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        count: usize,
+    },
+    /// Re-publish dead letters to their original stream (new event id, same cid) and
+    /// remove them from the dead-letter stream.
+    ///
+    /// Example: astra-bus dlq replay 1732190000000-0   (or --all [--group G])
+    Replay {
+        /// Dead-letter entry ids to replay.
+        ids: Vec<String>,
+        /// Replay every dead letter (of --group, if given).
+        #[arg(long)]
+        all: bool,
+        /// Only those of this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// Delete dead letters (of --group, or all).
+    ///
+    /// Example: astra-bus dlq purge --group nft.marketplace
+    Purge {
+        /// Only those of this group.
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -123,6 +249,337 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             redis.quit().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run => run_daemon(&cli).await,
+        Command::Publish {
+            stream,
+            json,
+            cid,
+            src,
+        } => {
+            let cfg = load(&cli)?;
+            let s = cfg.stream(stream).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "stream {stream} is not declared in {}",
+                    cli.config.display()
+                )
+            })?;
+            let value: serde_json::Value = serde_json::from_str(json)
+                .with_context(|| format!("payload is not valid JSON: {json}"))?;
+            crate::events::validate_json(stream, &value)
+                .map_err(|e| anyhow::anyhow!("payload does not match {stream}: {e}"))?;
+            let data = rmp_serde::to_vec_named(&value).context("encoding the payload")?;
+            let env = Envelope::root(
+                &s.event_type(),
+                s.version,
+                src,
+                cid.clone(),
+                ContentType::MsgPack,
+                data,
+            );
+            let redis = connect(&cfg).await?;
+            let entry = publish(&redis, stream, &env).await?;
+            println!("{} {}", env.id, entry);
+            redis.quit().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let cfg = load(&cli)?;
+            let redis = connect(&cfg).await?;
+            let rows = crate::bus::status::status(&redis, &cfg).await?;
+            redis.quit().await;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<32} {:<44} {:>9} {:>8} {:>8} {:>12} {:>9} {:>6}",
+                    "GROUP",
+                    "STREAM",
+                    "LENGTH",
+                    "LAG",
+                    "PENDING",
+                    "OLDEST_PEND",
+                    "CONSUMERS",
+                    "DLQ"
+                );
+                for r in rows {
+                    println!(
+                        "{:<32} {:<44} {:>9} {:>8} {:>8} {:>12} {:>9} {:>6}{}",
+                        r.group,
+                        r.stream,
+                        r.length,
+                        r.lag.map_or("unknown".to_string(), |l| l.to_string()),
+                        r.pending,
+                        r.oldest_pending_age_ms.map_or("-".to_string(), |ms| {
+                            humantime::format_duration(std::time::Duration::from_millis(ms as u64))
+                                .to_string()
+                        }),
+                        r.consumers,
+                        r.dead_letters,
+                        if r.exists {
+                            ""
+                        } else {
+                            "  (group missing: run declare)"
+                        }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tail {
+            stream,
+            last,
+            no_follow,
+        } => {
+            let cfg = load(&cli)?;
+            if cfg.stream(stream).is_none() {
+                anyhow::bail!(
+                    "stream {stream} is not declared in {}",
+                    cli.config.display()
+                );
+            }
+            let redis = connect(&cfg).await?;
+            tail(&redis, stream, *last, !*no_follow).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { action } => {
+            let cfg = load(&cli)?;
+            let redis = connect(&cfg).await?;
+            let code = dlq_command(&redis, &cfg, action).await?;
+            redis.quit().await;
+            Ok(code)
+        }
+        Command::Trace { cid, window, since } => {
+            let cfg = load(&cli)?;
+            let redis = connect(&cfg).await?;
+            let start = uuid::Uuid::parse_str(cid)
+                .ok()
+                .and_then(|u| u.get_timestamp())
+                .map(|t| {
+                    let (s, n) = t.to_unix();
+                    s as i64 * 1000 + i64::from(n / 1_000_000) - 60_000
+                })
+                .unwrap_or_else(|| crate::envelope::now_ms() - since.as_millis() as i64);
+            let nodes = crate::bus::trace::collect(
+                &redis,
+                &cfg,
+                cid,
+                start,
+                start + window.as_millis() as i64 + 60_000,
+            )
+            .await?;
+            redis.quit().await;
+            if nodes.is_empty() {
+                eprintln!("no events with correlation id {cid} in the scanned window");
+                return Ok(ExitCode::FAILURE);
+            }
+            print!("{}", crate::bus::trace::render(&nodes));
+            println!("{} events", nodes.len());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut cfg = load(cli)?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let metrics = crate::metrics::Metrics::new();
+    loop {
+        let (trigger, shutdown) = Shutdown::new();
+        let opts = RunOptions {
+            metrics: metrics.clone(),
+            on_ready: Some(Box::new(|| {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+            })),
+            ..RunOptions::default()
+        };
+        let mut daemon = tokio::spawn(crate::daemon::run_with(cfg.clone(), opts, shutdown));
+        let reload = loop {
+            tokio::select! {
+                _ = term.recv() => break None,
+                _ = tokio::signal::ctrl_c() => break None,
+                _ = hup.recv() => match Config::load(&cli.config) {
+                    Ok(new) => {
+                        tracing::info!("SIGHUP: configuration reloaded, restarting groups");
+                        break Some(new);
+                    }
+                    Err(e) => tracing::error!("SIGHUP: invalid configuration, keeping the old one:\n{e}"),
+                },
+                r = &mut daemon => {
+                    // The daemon stopped by itself: that is an error (e.g. handler options).
+                    r??;
+                    anyhow::bail!("the daemon stopped unexpectedly");
+                }
+            }
+        };
+        let _ = sd_notify::notify(
+            false,
+            &[if reload.is_some() {
+                sd_notify::NotifyState::Reloading
+            } else {
+                sd_notify::NotifyState::Stopping
+            }],
+        );
+        trigger.trigger();
+        daemon.await??;
+        match reload {
+            Some(new) => cfg = new,
+            None => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+async fn tail(redis: &Redis, stream: &str, last: usize, follow: bool) -> anyhow::Result<()> {
+    use crate::bus::client::{arg, parse_entries, parse_read_reply};
+    let v = redis
+        .cmd(
+            "XREVRANGE",
+            vec![
+                arg(stream),
+                arg("+"),
+                arg("-"),
+                arg("COUNT"),
+                arg(last as i64),
+            ],
+        )
+        .await?;
+    let mut entries = parse_entries(v);
+    entries.reverse();
+    let mut after = entries
+        .last()
+        .map(|e| e.id.clone())
+        .unwrap_or_else(|| "$".into());
+    for e in &entries {
+        println!("{}", describe_entry(stream, e));
+    }
+    if !follow {
+        return Ok(());
+    }
+    let conn = redis.dedicated().await?;
+    loop {
+        let read = conn.blocking_cmd(
+            "XREAD",
+            4,
+            vec![
+                arg("COUNT"),
+                arg(100),
+                arg("BLOCK"),
+                arg(5000),
+                arg("STREAMS"),
+                arg(stream),
+                arg(after.as_str()),
+            ],
+        );
+        let v = tokio::select! {
+            v = read => v?,
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        };
+        for (_, es) in parse_read_reply(v) {
+            for e in es {
+                println!("{}", describe_entry(stream, &e));
+                after = e.id.clone();
+            }
+        }
+    }
+}
+
+/// One line per entry: id, type, event id, cid, caus, payload as JSON (or why it is
+/// malformed).
+pub fn describe_entry(stream: &str, e: &crate::bus::client::RawEntry) -> String {
+    let Some(fields) = &e.fields else {
+        return format!("{} (deleted)", e.id);
+    };
+    match crate::bus::consume::decode_entry(stream, fields) {
+        Ok(env) => format!(
+            "{} {} id={} cid={} caus={} ts={} src={} {}",
+            e.id,
+            env.event_type,
+            env.id,
+            env.cid,
+            env.caus.as_deref().unwrap_or("-"),
+            env.ts,
+            env.src,
+            env.data_as_json()
+                .map(|v| v.to_string())
+                .unwrap_or_else(|err| format!("<{err}>"))
+        ),
+        Err(err) => format!("{} MALFORMED ({err}) fields={}", e.id, fields_text(fields)),
+    }
+}
+
+fn fields_text(fields: &[(Vec<u8>, Vec<u8>)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "{}={:?}",
+                String::from_utf8_lossy(k),
+                String::from_utf8_lossy(v)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn dlq_command(redis: &Redis, cfg: &Config, action: &DlqAction) -> anyhow::Result<ExitCode> {
+    use crate::bus::dlq;
+    let streams = cfg.dead_letter_streams();
+    match action {
+        DlqAction::List { group, count } => {
+            let mut n = 0;
+            for s in &streams {
+                for d in dlq::list(redis, s, group.as_deref(), *count).await? {
+                    n += 1;
+                    let orig = crate::bus::client::RawEntry {
+                        id: d.get("entry_id").unwrap_or("?").to_string(),
+                        fields: Some(d.original.clone()),
+                    };
+                    println!(
+                        "{} [{}] group={} stream={} entry={} attempts={} error={}\n    {}",
+                        d.dlq_id,
+                        d.get("reason").unwrap_or("?"),
+                        d.get("group").unwrap_or("?"),
+                        d.get("stream").unwrap_or("?"),
+                        d.get("entry_id").unwrap_or("?"),
+                        d.get("attempts").unwrap_or("?"),
+                        d.get("error").unwrap_or(""),
+                        describe_entry(d.get("stream").unwrap_or(""), &orig)
+                    );
+                }
+            }
+            println!("{n} dead letters");
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Replay { ids, all, group } => {
+            if ids.is_empty() && !all {
+                anyhow::bail!("name dead-letter entry ids to replay, or --all");
+            }
+            let mut n = 0;
+            for s in &streams {
+                for d in dlq::list(redis, s, group.as_deref(), usize::MAX).await? {
+                    if *all || ids.contains(&d.dlq_id) {
+                        let (stream, event_id, entry) = dlq::replay(redis, s, &d).await?;
+                        println!("{} -> {stream} {event_id} {entry}", d.dlq_id);
+                        n += 1;
+                    }
+                }
+            }
+            println!("{n} replayed");
+            Ok(if n == 0 && !ids.is_empty() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        DlqAction::Purge { group } => {
+            let mut n = 0;
+            for s in &streams {
+                n += dlq::purge(redis, s, group.as_deref()).await?;
+            }
+            println!("{n} purged");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -132,7 +589,11 @@ fn check(cli: &Cli) -> ExitCode {
         Err(e) => {
             eprintln!("{e}");
             let n = e.diagnostics().len().max(1);
-            eprintln!("error: {n} problem{} in {}", if n == 1 { "" } else { "s" }, cli.config.display());
+            eprintln!(
+                "error: {n} problem{} in {}",
+                if n == 1 { "" } else { "s" },
+                cli.config.display()
+            );
             return ExitCode::FAILURE;
         }
     };

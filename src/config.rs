@@ -35,7 +35,11 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.col, self.message
+        )
     }
 }
 
@@ -55,7 +59,10 @@ pub enum ConfigError {
 }
 
 fn display_all(d: &[Diagnostic]) -> String {
-    d.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    d.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 impl ConfigError {
@@ -334,6 +341,16 @@ impl Config {
         dir: impl AsRef<Path>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Config, ConfigError> {
+        Self::load_for(dir, env, &crate::handlers::Registry::builtin())
+    }
+
+    /// [`Config::load_with_env`] validating handler names against `registry` (embedders
+    /// and tests that register their own handlers).
+    pub fn load_for(
+        dir: impl AsRef<Path>,
+        env: impl Fn(&str) -> Option<String>,
+        registry: &crate::handlers::Registry,
+    ) -> Result<Config, ConfigError> {
         let dir = dir.as_ref();
         let mut sources = vec![];
         let streams_path = dir.join(STREAMS_FILE);
@@ -360,7 +377,7 @@ impl Config {
             let text = read(&groups_dir.join(&name))?;
             sources.push((format!("{GROUPS_DIR}/{name}"), text));
         }
-        let mut cfg = Self::from_sources(dir, &sources)?;
+        let mut cfg = Self::from_sources_for(dir, &sources, registry)?;
         if let Some(url) = env("ASTRA_REDIS_URL").filter(|s| !s.is_empty()) {
             cfg.redis.url = url;
         }
@@ -373,7 +390,18 @@ impl Config {
     /// Validates already-read sources: the first is `streams.toml`, the rest are group
     /// files named `consumer-groups/<domain>.toml`.
     pub fn from_sources(dir: &Path, sources: &[(String, String)]) -> Result<Config, ConfigError> {
-        let mut v = Validator::default();
+        Self::from_sources_for(dir, sources, &crate::handlers::Registry::builtin())
+    }
+
+    fn from_sources_for(
+        dir: &Path,
+        sources: &[(String, String)],
+        registry: &crate::handlers::Registry,
+    ) -> Result<Config, ConfigError> {
+        let mut v = Validator {
+            diags: vec![],
+            known: registry.names(),
+        };
         let (sfile, stext) = &sources[0];
         let raw_streams: Option<RawStreamsFile> = v.parse(sfile, stext);
         let mut raw_groups = vec![];
@@ -474,9 +502,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, col)
 }
 
-#[derive(Default)]
 struct Validator {
     diags: Vec<Diagnostic>,
+    /// Handler names that exist.
+    known: Vec<&'static str>,
 }
 
 /// Handler settings resolved for one group.
@@ -602,13 +631,32 @@ impl Validator {
         let base = base.unwrap_or(&d);
         let ms = Duration::from_millis;
         let batch_size = self
-            .int(file, text, &format!("{prefix}batch_size"), &raw.batch_size, 1..10_001)
+            .int(
+                file,
+                text,
+                &format!("{prefix}batch_size"),
+                &raw.batch_size,
+                1..10_001,
+            )
             .map_or(base.batch_size, |n| n as usize);
         let block = self
-            .dur(file, text, &format!("{prefix}block"), &raw.block, ms(1), ms(300_000))
+            .dur(
+                file,
+                text,
+                &format!("{prefix}block"),
+                &raw.block,
+                ms(1),
+                ms(300_000),
+            )
             .unwrap_or(base.block);
         let concurrency = self
-            .int(file, text, &format!("{prefix}concurrency"), &raw.concurrency, 1..100_001)
+            .int(
+                file,
+                text,
+                &format!("{prefix}concurrency"),
+                &raw.concurrency,
+                1..100_001,
+            )
             .map_or(base.concurrency, |n| n as usize);
         let claim_idle = self
             .dur(
@@ -621,11 +669,20 @@ impl Validator {
             )
             .unwrap_or(base.claim_idle);
         let max_deliveries = self
-            .int(file, text, &format!("{prefix}max_deliveries"), &raw.max_deliveries, 1..1001)
+            .int(
+                file,
+                text,
+                &format!("{prefix}max_deliveries"),
+                &raw.max_deliveries,
+                1..1001,
+            )
             .map_or(base.max_deliveries, |n| n as u32);
         let (dead_letter_stream, dead_letter_span) = match &raw.dead_letter_stream {
             Some(s) => (s.get_ref().clone(), Some(s.span())),
-            None => (base.dead_letter_stream.clone(), base.dead_letter_span.clone()),
+            None => (
+                base.dead_letter_stream.clone(),
+                base.dead_letter_span.clone(),
+            ),
         };
         let start_id = match &raw.start_id {
             None => base.start_id,
@@ -689,7 +746,14 @@ impl Validator {
         // Defaults, retention, daemon.
         let defaults = self.settings(sfile, stext, "defaults.", &raw.defaults, None);
         let interval = self
-            .dur(sfile, stext, "retention.interval", &raw.retention.interval, ms(100), day)
+            .dur(
+                sfile,
+                stext,
+                "retention.interval",
+                &raw.retention.interval,
+                ms(100),
+                day,
+            )
             .unwrap_or(Duration::from_secs(30));
         let default_max_len = self
             .int(
@@ -716,7 +780,9 @@ impl Validator {
                         sfile,
                         stext,
                         s.span(),
-                        format!("daemon.instance must be a non-empty name without spaces, got {v:?}"),
+                        format!(
+                            "daemon.instance must be a non-empty name without spaces, got {v:?}"
+                        ),
                     );
                 }
                 v.clone()
@@ -879,14 +945,14 @@ impl Validator {
                 let (l, c) = line_col(text, gspan.start);
                 group_seen.insert(name.clone(), format!("{file}:{l}:{c}"));
                 let handler = g.handler.get_ref().clone();
-                if !crate::handlers::is_known(&handler) {
+                if !self.known.contains(&handler.as_str()) {
                     self.at(
                         file,
                         text,
                         g.handler.span(),
                         format!(
                             "group {name}: unknown handler {handler:?} (known: {})",
-                            crate::handlers::names().join(", ")
+                            self.known.join(", ")
                         ),
                     );
                 }
@@ -961,7 +1027,10 @@ impl Validator {
                         let (l, c) = line_col(text, o.span().start);
                         (o.get_ref().clone(), format!("{file}:{l}:{c}"))
                     }
-                    None => (toml::Table::new(), format!("{file}:{}:{}", line_col(text, gspan.start).0, 1)),
+                    None => (
+                        toml::Table::new(),
+                        format!("{file}:{}:{}", line_col(text, gspan.start).0, 1),
+                    ),
                 };
                 groups.push(GroupConfig {
                     name: name.clone(),

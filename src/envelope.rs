@@ -239,12 +239,15 @@ impl Envelope {
             });
         }
         let v_text = text("v", true)?.unwrap_or_default();
-        let v: u32 = v_text.parse().ok().filter(|v| *v >= 1).ok_or_else(|| {
-            EnvelopeError::Invalid {
-                field: "v",
-                reason: format!("{v_text:?} is not a version number >= 1"),
-            }
-        })?;
+        let v: u32 =
+            v_text
+                .parse()
+                .ok()
+                .filter(|v| *v >= 1)
+                .ok_or_else(|| EnvelopeError::Invalid {
+                    field: "v",
+                    reason: format!("{v_text:?} is not a version number >= 1"),
+                })?;
         let cid = text("cid", false)?.unwrap_or_else(|| id.clone());
         let ts_text = text("ts", true)?.unwrap_or_default();
         let ts: i64 = ts_text.parse().map_err(|_| EnvelopeError::Invalid {
@@ -258,9 +261,7 @@ impl Envelope {
                 reason: format!("{s:?} is not application/msgpack or application/json"),
             })?,
         };
-        let data = get("data")
-            .ok_or(EnvelopeError::Missing("data"))?
-            .to_vec();
+        let data = get("data").ok_or(EnvelopeError::Missing("data"))?.to_vec();
         Ok(Envelope {
             id,
             event_type,
@@ -359,9 +360,16 @@ mod tests {
         let back = Envelope::from_fields(&e.to_fields()).unwrap();
         let p: P = back.payload().unwrap();
         assert_eq!(p.n, 3);
-        let err = Envelope::root("a.b", 1, "t", None, ContentType::Json, b"{\"n\":1}".to_vec())
-            .payload::<P>()
-            .unwrap_err();
+        let err = Envelope::root(
+            "a.b",
+            1,
+            "t",
+            None,
+            ContentType::Json,
+            b"{\"n\":1}".to_vec(),
+        )
+        .payload::<P>()
+        .unwrap_err();
         assert!(err.to_string().contains("user_id"), "{err}");
     }
 

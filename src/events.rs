@@ -55,6 +55,68 @@ pub fn notional_cents(quantity: f64, price_usd: f64) -> Option<i64> {
     usd_to_cents(quantity * price_usd)
 }
 
+/// Checks a JSON payload against the typed schema of `stream` (known streams only; any
+/// JSON object is accepted on streams this binary has no schema for). The error names
+/// the field and the reason.
+pub fn validate_json(stream: &str, v: &serde_json::Value) -> Result<(), String> {
+    fn check<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<(), String> {
+        T::deserialize(v).map(|_| ()).map_err(|e| e.to_string())
+    }
+    if !v.is_object() {
+        return Err("payload must be a JSON object".into());
+    }
+    use streams::*;
+    match stream {
+        TRADE_EXECUTED => {
+            check::<TradeExecuted>(v)?;
+            let t = TradeExecuted::deserialize(v).map_err(|e| e.to_string())?;
+            if !(t.quantity.is_finite() && t.quantity > 0.0) {
+                return Err(format!("quantity: must be > 0, got {}", t.quantity));
+            }
+            if usd_to_cents(t.price_usd).is_none() {
+                return Err(format!(
+                    "price_usd: must be a non-negative amount, got {}",
+                    t.price_usd
+                ));
+            }
+            if let Some(f) = t.fee_usd
+                && usd_to_cents(f).is_none()
+            {
+                return Err(format!("fee_usd: must be a non-negative amount, got {f}"));
+            }
+            for (name, val) in [
+                ("trade_id", &t.trade_id),
+                ("user_id", &t.user_id),
+                ("symbol", &t.symbol),
+            ] {
+                if val.is_empty() {
+                    return Err(format!("{name}: must not be empty"));
+                }
+            }
+            Ok(())
+        }
+        INTERACTION => check::<Interaction>(v),
+        REGISTERED => check::<UserRegistered>(v),
+        SUBSCRIPTION_CHANGED => check::<SubscriptionChanged>(v),
+        SALE_COMPLETED => check::<SaleCompleted>(v),
+        POSITION_UPDATED => check::<PositionUpdated>(v),
+        RISK_ALERT => check::<RiskAlert>(v),
+        XP_AWARDED => check::<XpAwarded>(v),
+        LEVEL_UP => check::<LevelUp>(v),
+        LEADERBOARD_UPDATED => check::<LeaderboardUpdated>(v),
+        ACHIEVEMENT_UNLOCKED => check::<AchievementUnlocked>(v),
+        FEED_ITEM_POSTED => check::<FeedItemPosted>(v),
+        CLAN_SCORE_UPDATED => check::<ClanScoreUpdated>(v),
+        INFLUENCE_UPDATED => check::<InfluenceUpdated>(v),
+        REVENUE_RECORDED => check::<RevenueRecorded>(v),
+        COMPLIANCE_FLAGGED => check::<ComplianceFlagged>(v),
+        REWARD_ISSUED => check::<RewardIssued>(v),
+        PROFILE_UPDATED => check::<ProfileUpdated>(v),
+        NOTIFICATION_REQUESTED => check::<NotificationRequested>(v),
+        _ => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Outside inputs (public contract)
 // ---------------------------------------------------------------------------------------

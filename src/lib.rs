@@ -5,15 +5,23 @@
 //! - [`config`]: the topology as TOML (`streams.toml`, `consumer-groups/*.toml`), validated
 //!   with file:line:col diagnostics.
 //! - [`envelope`]: the flat stream-entry format every event uses, derived-event ids.
-//! - [`bus`]: everything that talks to Redis: the client wrapper, topology declaration,
-//!   and the delivery engine.
 //! - [`events`]: typed payloads of every event in the shipped topology.
 //! - [`handlers`]: the handler interface (decide, don't commit) and the domain handlers.
+//! - [`bus`]: everything that talks to Redis: the client wrapper, declaration, consuming,
+//!   the commit protocol, reclaiming, dead letters, publishing, retention, status.
+//! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
+//! - [`metrics`]: every exported metric, in one place.
+//! - [`shutdown`]: the shutdown signal every loop listens to.
 //! - [`cli`]: the `astra-bus` command line.
 
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod envelope;
 pub mod events;
 pub mod handlers;
+pub mod metrics;
+pub mod shutdown;
+
+pub use daemon::run;

@@ -62,7 +62,8 @@ impl From<fred::error::Error> for BusError {
                 BusError::Unavailable(format!("{:?}: {details}", e.kind()))
             }
             _ if details.starts_with("LOADING")
-                || details.starts_with("BUSY")
+                // "BUSY " (a script is running), not BUSYGROUP (group exists).
+                || details.starts_with("BUSY ")
                 || details.starts_with("TRYAGAIN")
                 || details.starts_with("CLUSTERDOWN")
                 || details.starts_with("MASTERDOWN")
@@ -261,4 +262,79 @@ pub fn as_pairs(v: Value) -> Vec<(String, Value)> {
         }
     }
     out
+}
+
+/// One stream entry as Redis returned it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    /// Entry id (`<ms>-<seq>`).
+    pub id: String,
+    /// Field/value pairs; `None` when the entry's body was deleted (trimmed) while it was
+    /// still pending.
+    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl RawEntry {
+    /// Milliseconds part of the id.
+    pub fn id_ms(&self) -> i64 {
+        id_ms(&self.id)
+    }
+}
+
+/// Milliseconds part of an entry id.
+pub fn id_ms(id: &str) -> i64 {
+    id.split('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Parses `[[id, [f, v, …]], …]` (XRANGE, XAUTOCLAIM, one stream of XREADGROUP).
+pub fn parse_entries(v: Value) -> Vec<RawEntry> {
+    let mut out = vec![];
+    for e in as_array(v).unwrap_or_default() {
+        let mut parts = as_array(e).unwrap_or_default().into_iter();
+        let Some(id) = parts.next().as_ref().and_then(as_string) else {
+            continue;
+        };
+        let fields = match parts.next() {
+            None | Some(Value::Null) => None,
+            Some(fv) => {
+                let flat = as_array(fv).unwrap_or_default();
+                let mut pairs = Vec::with_capacity(flat.len() / 2);
+                let mut it = flat.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((
+                        as_bytes(&k).unwrap_or_default(),
+                        as_bytes(&v).unwrap_or_default(),
+                    ));
+                }
+                Some(pairs)
+            }
+        };
+        out.push(RawEntry { id, fields });
+    }
+    out
+}
+
+/// Parses an XREAD/XREADGROUP reply (`nil` on timeout) into entries per stream.
+pub fn parse_read_reply(v: Value) -> Vec<(String, Vec<RawEntry>)> {
+    match v {
+        Value::Null => vec![],
+        Value::Map(m) => m
+            .inner()
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .filter_map(|(k, v)| Some((as_string(&k)?, parse_entries(v))))
+            .collect(),
+        Value::Array(streams) => streams
+            .into_iter()
+            .filter_map(|s| {
+                let mut it = as_array(s)?.into_iter();
+                let name = as_string(&it.next()?)?;
+                Some((name, parse_entries(it.next()?)))
+            })
+            .collect(),
+        _ => vec![],
+    }
 }

@@ -113,7 +113,9 @@ pub async fn groups_on(redis: &Redis, stream: &str) -> Result<Vec<String>, BusEr
 pub async fn declare(redis: &Redis, config: &Config) -> Result<DeclareReport, BusError> {
     let mut report = DeclareReport::default();
     for s in &config.streams {
-        let created = ENSURE_STREAM.call(redis, vec![arg(s.name.as_str())], vec![]).await?;
+        let created = ENSURE_STREAM
+            .call(redis, vec![arg(s.name.as_str())], vec![])
+            .await?;
         if super::client::as_int(&created) == Some(1) {
             report.streams_created.push(s.name.clone());
         } else {

@@ -1,8 +1,17 @@
-//! Redis Streams plumbing: the client wrapper, topology declaration and (with the engine)
-//! consuming, committing, reclaiming, publishing and retention.
+//! Redis Streams plumbing: the client wrapper, topology declaration, the delivery engine
+//! (consume → handle → commit), reclaiming, dead letters, publishing and retention.
 
 pub mod client;
+pub mod commit;
+pub mod consume;
+pub mod deadletter;
 pub mod declare;
+pub mod dlq;
+pub mod publish;
+pub mod reclaim;
+pub mod retention;
 pub mod script;
+pub mod status;
+pub mod trace;
 
 pub use client::{BusError, Redis};

@@ -31,7 +31,8 @@ impl Script {
         let v = redis
             .cmd("SCRIPT", vec![arg("LOAD"), arg(self.source)])
             .await?;
-        let sha = as_string(&v).ok_or_else(|| BusError::protocol("SCRIPT LOAD", format!("{v:?}")))?;
+        let sha =
+            as_string(&v).ok_or_else(|| BusError::protocol("SCRIPT LOAD", format!("{v:?}")))?;
         *self.sha.lock().expect("script sha lock") = Some(sha.clone());
         Ok(sha)
     }

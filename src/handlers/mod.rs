@@ -438,7 +438,11 @@ impl Op {
     /// the head, and RPUSHes the MessagePack array `[prev_hex, hash_hex, record]`.
     /// Replies `[seq (1-based position), prev_hex, hash_hex]`. Because the link is computed
     /// where the head is read, concurrent appenders can never fork the chain.
-    pub fn chain_append(head: impl Into<String>, log: impl Into<String>, record: impl AsRef<[u8]>) -> Op {
+    pub fn chain_append(
+        head: impl Into<String>,
+        log: impl Into<String>,
+        record: impl AsRef<[u8]>,
+    ) -> Op {
         Op {
             cmd: "CHAINAPPEND",
             key: head.into(),
@@ -555,7 +559,12 @@ impl Registry {
             .ctors
             .get(group.handler.as_str())
             .ok_or_else(|| format!("unknown handler {:?}", group.handler))?;
-        ctor(group).map_err(|e| format!("{}: group {} options: {e}", group.options_origin, group.name))
+        ctor(group).map_err(|e| {
+            format!(
+                "{}: group {} options: {e}",
+                group.options_origin, group.name
+            )
+        })
     }
 }
 

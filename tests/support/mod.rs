@@ -2,6 +2,8 @@
 //! killed on drop. No mocks: every integration test talks to a real Redis.
 #![allow(dead_code)]
 
+pub mod bus;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -100,7 +102,12 @@ impl RedisServer {
         for _ in 0..5 {
             // The port may be taken between probing and binding: then try another.
             server.port = free_port();
-            server.child = Some(spawn_redis(server.port, &server.dir.path, &server.opts, &[]));
+            server.child = Some(spawn_redis(
+                server.port,
+                &server.dir.path,
+                &server.opts,
+                &[],
+            ));
             if server.wait_ready(Duration::from_secs(10)) {
                 return server;
             }

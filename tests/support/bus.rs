@@ -1,0 +1,202 @@
+//! In-process daemons and small Redis helpers for the engine tests.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use astra_bus::bus::Redis;
+use astra_bus::bus::client::{Value, arg, as_array, as_int, parse_entries};
+use astra_bus::config::Config;
+use astra_bus::daemon::{RunOptions, run_with};
+use astra_bus::envelope::{ContentType, Envelope};
+use astra_bus::handlers::Registry;
+use astra_bus::metrics::Metrics;
+use astra_bus::shutdown::{Shutdown, Trigger};
+use std::sync::Arc;
+
+/// A daemon running inside the test process.
+pub struct InProc {
+    trigger: Trigger,
+    handle: tokio::task::JoinHandle<()>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl InProc {
+    /// Starts `cfg` with `registry` and waits until its readers run.
+    pub async fn start(cfg: Config, registry: Registry) -> InProc {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("ASTRA_LOG")
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let (trigger, shutdown) = Shutdown::new();
+        let metrics = Metrics::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let opts = RunOptions {
+            registry,
+            metrics: metrics.clone(),
+            on_ready: Some(Box::new(move || {
+                let _ = tx.send(());
+            })),
+        };
+        let handle = tokio::spawn(async move {
+            run_with(cfg, opts, shutdown).await.expect("daemon runs");
+        });
+        tokio::time::timeout(Duration::from_secs(20), rx)
+            .await
+            .expect("daemon ready in time")
+            .expect("daemon ready");
+        InProc {
+            trigger,
+            handle,
+            metrics,
+        }
+    }
+
+    /// Signals shutdown and waits for the drain.
+    pub async fn stop(self) {
+        self.trigger.trigger();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("daemon stops in time")
+            .expect("daemon task");
+    }
+}
+
+/// Loads a config dir, pointing it at `url`, validating handlers against `registry`.
+pub fn load(dir: &Path, url: &str, instance: &str, registry: &Registry) -> Config {
+    let url = url.to_string();
+    let instance = instance.to_string();
+    Config::load_for(
+        dir,
+        move |k| match k {
+            "ASTRA_REDIS_URL" => Some(url.clone()),
+            "ASTRA_INSTANCE" => Some(instance.clone()),
+            _ => None,
+        },
+        registry,
+    )
+    .unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+pub async fn connect(url: &str) -> Redis {
+    Redis::connect(url, Duration::from_secs(5))
+        .await
+        .expect("connect")
+}
+
+/// Publishes a JSON payload as a root event; returns (event id, entry id).
+pub async fn publish_json(
+    redis: &Redis,
+    stream: &str,
+    json: &str,
+    cid: Option<&str>,
+) -> (String, String) {
+    let (domain, event, v) = astra_bus::config::parse_stream_name(stream).unwrap();
+    let env = Envelope::root(
+        &format!("{domain}.{event}"),
+        v,
+        "test",
+        cid.map(str::to_string),
+        ContentType::Json,
+        json.as_bytes().to_vec(),
+    );
+    let entry = astra_bus::bus::publish::publish(redis, stream, &env)
+        .await
+        .unwrap();
+    (env.id, entry)
+}
+
+pub async fn xlen(redis: &Redis, stream: &str) -> i64 {
+    as_int(&redis.cmd("XLEN", vec![arg(stream)]).await.unwrap()).unwrap_or(0)
+}
+
+/// Every entry of a stream, decoded.
+pub async fn read_all(redis: &Redis, stream: &str) -> Vec<(String, Envelope)> {
+    let v = redis
+        .cmd("XRANGE", vec![arg(stream), arg("-"), arg("+")])
+        .await
+        .unwrap();
+    parse_entries(v)
+        .into_iter()
+        .map(|e| (e.id, Envelope::from_fields(&e.fields.unwrap()).unwrap()))
+        .collect()
+}
+
+/// Raw entries of a stream (fields as text pairs).
+pub async fn read_raw(redis: &Redis, stream: &str) -> Vec<Vec<(String, String)>> {
+    let v = redis
+        .cmd("XRANGE", vec![arg(stream), arg("-"), arg("+")])
+        .await
+        .unwrap();
+    parse_entries(v)
+        .into_iter()
+        .map(|e| {
+            e.fields
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Pending count of a group on a stream.
+pub async fn pending(redis: &Redis, stream: &str, group: &str) -> i64 {
+    match redis.cmd("XPENDING", vec![arg(stream), arg(group)]).await {
+        Ok(Value::Array(a)) => as_int(&a[0]).unwrap_or(0),
+        _ => -1,
+    }
+}
+
+/// Waits until `f` returns true, polling; panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// HGETALL as (field, integer) pairs.
+pub async fn hgetall_int(redis: &Redis, key: &str) -> std::collections::BTreeMap<String, i64> {
+    let v = redis.cmd("HGETALL", vec![arg(key)]).await.unwrap();
+    astra_bus::bus::client::as_pairs(v)
+        .into_iter()
+        .map(|(k, v)| (k, as_int(&v).unwrap_or(i64::MIN)))
+        .collect()
+}
+
+pub fn array_len(v: Value) -> usize {
+    as_array(v).map_or(0, |a| a.len())
+}
+
+/// A streams.toml for test topologies: the given streams plus the dead-letter stream.
+pub fn streams_toml(streams: &[&str], extra_defaults: &str) -> String {
+    let mut s = format!(
+        "[redis]\nurl = \"redis://127.0.0.1:1\"\n\n[defaults]\nblock = \"100ms\"\nclaim_idle = \"300ms\"\nmax_deliveries = 3\n{extra_defaults}\n\n[retention]\ninterval = \"1h\"\n\n[daemon]\nshutdown_deadline = \"5s\"\n\n"
+    );
+    for name in streams
+        .iter()
+        .chain(std::iter::once(&"astra.bus.dead_letter.v1"))
+    {
+        s.push_str(&format!(
+            "[[stream]]\nname = \"{name}\"\ndescription = \"test stream\"\n\n"
+        ));
+    }
+    s
+}
