@@ -189,9 +189,20 @@ struct RawGroup {
     /// Streams the group may publish to.
     #[serde(default)]
     publishes: Vec<Spanned<String>>,
-    /// Per-group overrides of `[defaults]`.
-    #[serde(flatten)]
-    settings: RawGroupSettings,
+    /// Override of `defaults.batch_size`.
+    batch_size: Option<Spanned<i64>>,
+    /// Override of `defaults.block`.
+    block: Option<Spanned<String>>,
+    /// Override of `defaults.concurrency`.
+    concurrency: Option<Spanned<i64>>,
+    /// Override of `defaults.claim_idle`.
+    claim_idle: Option<Spanned<String>>,
+    /// Override of `defaults.max_deliveries`.
+    max_deliveries: Option<Spanned<i64>>,
+    /// Override of `defaults.dead_letter_stream`.
+    dead_letter_stream: Option<Spanned<String>>,
+    /// Override of `defaults.start_id`.
+    start_id: Option<Spanned<String>>,
     /// Handler tunables, checked by the handler when it is built.
     #[serde(default)]
     options: Option<Spanned<toml::Table>>,
@@ -997,8 +1008,19 @@ impl Validator {
                         publishes.push(s.get_ref().clone());
                     }
                 }
-                let st = self.settings(file, text, "", &g.settings, Some(&defaults));
-                if let Some(span) = &g.settings.dead_letter_stream.as_ref().map(|s| s.span())
+                // Spans do not survive serde(flatten), so the overrides are listed in RawGroup
+                // and gathered here.
+                let overrides = RawGroupSettings {
+                    batch_size: g.batch_size.clone(),
+                    block: g.block.clone(),
+                    concurrency: g.concurrency.clone(),
+                    claim_idle: g.claim_idle.clone(),
+                    max_deliveries: g.max_deliveries.clone(),
+                    dead_letter_stream: g.dead_letter_stream.clone(),
+                    start_id: g.start_id.clone(),
+                };
+                let st = self.settings(file, text, "", &overrides, Some(&defaults));
+                if let Some(span) = &g.dead_letter_stream.as_ref().map(|s| s.span())
                     && !declared.contains(st.dead_letter_stream.as_str())
                 {
                     self.at(

@@ -334,3 +334,116 @@ pub fn write_config(streams: &str, groups: &[(&str, &str)]) -> TempDir {
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_astra-bus"))
 }
+
+/// The `astra-bus` binary running as a child process (`run`), logging to a file.
+pub struct DaemonProcess {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `astra-bus run --config dir` against `url` with consumer name `instance`.
+    pub fn start(config_dir: &Path, url: &str, instance: &str, log_dir: &Path) -> DaemonProcess {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let log = log_dir.join(format!("daemon-{instance}-{n}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(config_dir)
+            .env("ASTRA_REDIS_URL", url)
+            .env("ASTRA_INSTANCE", instance)
+            .env("ASTRA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn astra-bus");
+        DaemonProcess { child, log }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig}");
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGSTOP (the process freezes: a zombie consumer).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    /// SIGTERM, then waits up to `within`; returns the exit status and how long it took.
+    pub fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        self.signal("-TERM");
+        loop {
+            if let Some(st) = self.child.try_wait().expect("wait") {
+                return (st, start.elapsed());
+            }
+            if start.elapsed() > within {
+                self.kill9();
+                panic!("daemon did not exit within {within:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A small deterministic PRNG (xorshift) so fault tests print and reuse their seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Seeded from the clock unless `ASTRA_TEST_SEED` is set; prints the seed.
+    pub fn from_env() -> Rng {
+        let seed = std::env::var("ASTRA_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+                    | 1
+            });
+        eprintln!("ASTRA_TEST_SEED={seed}");
+        Rng(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo).max(1)
+    }
+}

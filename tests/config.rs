@@ -1,0 +1,201 @@
+//! Configuration: the shipped topology parses and validates, and each validation rule
+//! rejects a broken config with file:line:col and the field.
+
+mod support;
+
+use astra_bus::config::{Config, ConfigError, StartId};
+use support::{repo_root, shipped_config_copy, write_config};
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+const STREAMS: &str = r#"[redis]
+url = "redis://127.0.0.1:6379"
+
+[[stream]]
+name = "astra.social.interaction.v1"
+description = "in"
+
+[[stream]]
+name = "astra.social.feed_item_posted.v1"
+description = "out"
+
+[[stream]]
+name = "astra.bus.dead_letter.v1"
+description = "dead letters"
+"#;
+
+const GROUP: &str = r#"[[group]]
+name = "social.feed_generation"
+handler = "builtin.forward"
+reads = ["astra.social.interaction.v1"]
+publishes = ["astra.social.feed_item_posted.v1"]
+"#;
+
+/// Loads a config made of `streams` and one `social.toml`, expecting failure; returns the
+/// diagnostics as text lines.
+fn errors(streams: &str, social: &str) -> Vec<String> {
+    let dir = write_config(streams, &[("social", social)]);
+    match Config::load_with_env(&dir.path, no_env) {
+        Ok(_) => panic!("config was accepted:\n{streams}\n{social}"),
+        Err(ConfigError::Invalid(d)) => d.iter().map(ToString::to_string).collect(),
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+fn assert_one(errs: &[String], expected: &str) {
+    assert!(
+        errs.iter().any(|e| e == expected),
+        "expected {expected:?} among {errs:#?}"
+    );
+}
+
+#[test]
+fn shipped_config_parses_and_validates() {
+    let cfg = Config::load_with_env(repo_root(), no_env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.groups.len(), 17);
+    assert_eq!(cfg.domains().len(), 7);
+    assert_eq!(cfg.streams.len(), 20);
+    let external: Vec<_> = cfg.streams.iter().filter(|s| s.external).map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        external,
+        [
+            "astra.trading.trade_executed.v1",
+            "astra.social.interaction.v1",
+            "astra.financial.subscription_changed.v1",
+            "astra.nft.sale_completed.v1",
+            "astra.user.registered.v1"
+        ]
+    );
+    let xp = cfg.group("gamification.xp_processing").unwrap();
+    assert_eq!(xp.reads, ["astra.trading.trade_executed.v1", "astra.social.interaction.v1"]);
+    assert_eq!(xp.batch_size, 100);
+    assert_eq!(xp.start_id, StartId::Beginning);
+    assert_eq!(cfg.stream("astra.bus.dead_letter.v1").unwrap().max_age, Some(std::time::Duration::from_secs(30 * 86400)));
+    // Every group's handler builds with its options.
+    let reg = astra_bus::handlers::Registry::builtin();
+    for g in &cfg.groups {
+        reg.build(g).unwrap_or_else(|e| panic!("{}: {e}", g.name));
+    }
+}
+
+#[test]
+fn environment_overrides_url_and_instance() {
+    let dir = shipped_config_copy();
+    let cfg = Config::load_with_env(&dir.path, |k| match k {
+        "ASTRA_REDIS_URL" => Some("redis://10.0.0.5:6380".into()),
+        "ASTRA_INSTANCE" => Some("worker-7".into()),
+        _ => None,
+    })
+    .unwrap();
+    assert_eq!(cfg.redis.url, "redis://10.0.0.5:6380");
+    assert_eq!(cfg.daemon.instance, "worker-7");
+}
+
+#[test]
+fn rejects_a_stream_name_off_the_naming_scheme() {
+    let s = format!("{STREAMS}\n[[stream]]\nname = \"astra.Social.bad-name.v0\"\ndescription = \"x\"\n");
+    let errs = errors(&s, GROUP);
+    let line = s.lines().position(|l| l.contains("bad-name")).unwrap() + 1;
+    assert_one(
+        &errs,
+        &format!("streams.toml:{line}:8: stream.name \"astra.Social.bad-name.v0\" does not match astra.<domain>.<event>.v<n> (lower-case [a-z0-9_] segments, n >= 1)"),
+    );
+}
+
+#[test]
+fn rejects_a_group_reading_an_undeclared_stream() {
+    let g = GROUP.replace(
+        "reads = [\"astra.social.interaction.v1\"]",
+        "reads = [\"astra.social.interaction.v1\", \"astra.social.feed_item.v1\"]",
+    );
+    let errs = errors(STREAMS, &g);
+    assert_one(
+        &errs,
+        "consumer-groups/social.toml:4:41: group social.feed_generation reads undeclared stream astra.social.feed_item.v1",
+    );
+}
+
+#[test]
+fn rejects_a_group_publishing_an_undeclared_stream() {
+    let g = GROUP.replace("astra.social.feed_item_posted.v1", "astra.social.nope.v1");
+    let errs = errors(STREAMS, &g);
+    assert_one(
+        &errs,
+        "consumer-groups/social.toml:5:14: group social.feed_generation publishes undeclared stream astra.social.nope.v1",
+    );
+}
+
+#[test]
+fn rejects_an_unknown_handler() {
+    let g = GROUP.replace("builtin.forward", "social.feeed");
+    let errs = errors(STREAMS, &g);
+    let e = errs.iter().find(|e| e.starts_with("consumer-groups/social.toml:3:11: group social.feed_generation: unknown handler \"social.feeed\"")).unwrap_or_else(|| panic!("{errs:#?}"));
+    assert!(e.contains("known: "), "lists the known handlers: {e}");
+}
+
+#[test]
+fn rejects_duplicate_streams() {
+    let s = format!("{STREAMS}\n[[stream]]\nname = \"astra.social.interaction.v1\"\ndescription = \"again\"\n");
+    let line = s.lines().collect::<Vec<_>>().iter().rposition(|l| l.contains("astra.social.interaction.v1")).unwrap() + 1;
+    let errs = errors(&s, GROUP);
+    assert_one(
+        &errs,
+        &format!("streams.toml:{line}:8: stream.name: duplicate stream astra.social.interaction.v1 (first declared on line 5)"),
+    );
+}
+
+#[test]
+fn rejects_duplicate_groups() {
+    let g = format!("{GROUP}\n{GROUP}");
+    let errs = errors(STREAMS, &g);
+    assert_one(
+        &errs,
+        "consumer-groups/social.toml:8:8: group.name: duplicate group social.feed_generation (first declared in consumer-groups/social.toml:2:8)",
+    );
+}
+
+#[test]
+fn rejects_zero_and_absurd_numbers() {
+    let g = format!("{GROUP}batch_size = 0\nmax_deliveries = 100000\nclaim_idle = \"3years\"\nblock = \"soon\"\n");
+    let errs = errors(STREAMS, &g);
+    assert_one(&errs, "consumer-groups/social.toml:6:14: batch_size must be between 1 and 10000, got 0");
+    assert_one(&errs, "consumer-groups/social.toml:7:18: max_deliveries must be between 1 and 1000, got 100000");
+    assert_one(&errs, "consumer-groups/social.toml:8:14: claim_idle must be between 10ms and 1day, got \"3years\"");
+    assert!(
+        errs.iter().any(|e| e.starts_with("consumer-groups/social.toml:9:9: block: \"soon\" is not a duration")),
+        "{errs:#?}"
+    );
+    let s = STREAMS.replace("[[stream]]\nname = \"astra.social.interaction.v1\"", "[[stream]]\nmax_len = -5\nname = \"astra.social.interaction.v1\"");
+    let errs = errors(&s, GROUP);
+    assert_one(&errs, "streams.toml:5:11: stream astra.social.interaction.v1: max_len must be between 1 and 10000000000, got -5");
+}
+
+#[test]
+fn rejects_unknown_fields_with_their_location() {
+    let g = GROUP.replace("handler =", "handlr = \"x\"\nhandler =");
+    let errs = errors(STREAMS, &g);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert!(errs[0].starts_with("consumer-groups/social.toml:3:1: unknown field `handlr`"), "{errs:#?}");
+}
+
+#[test]
+fn rejects_a_group_outside_its_files_domain() {
+    let g = GROUP.replace("name = \"social.feed_generation\"", "name = \"trading.feed\"");
+    let errs = errors(STREAMS, &g);
+    assert_one(
+        &errs,
+        "consumer-groups/social.toml:2:8: group.name \"trading.feed\" must be social.<name> (the file's domain, then lower-case [a-z0-9_])",
+    );
+}
+
+#[test]
+fn reports_every_problem_at_once() {
+    let g = GROUP
+        .replace("builtin.forward", "nope")
+        .replace("astra.social.feed_item_posted.v1", "astra.social.nope.v1");
+    let s = STREAMS.replace("redis://", "http://");
+    let errs = errors(&s, &g);
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+}
