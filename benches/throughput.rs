@@ -6,8 +6,9 @@
 //! 2. the daemon binary draining the same number of events with `builtin.forward`
 //!    (re-publish each event, exactly-once commit protocol);
 //! 3. the daemon with `builtin.count_by_user` (one HINCRBY per event);
-//! 4. publish→commit latency with events published at a paced 10k/s;
-//! and prints events/s, the daemon/raw ratio, Redis CPU µs per event (`INFO cpu`), and the
+//! 4. publish→commit latency with events published at a paced 10k/s.
+//!
+//! It prints events/s, the daemon/raw ratio, Redis CPU µs per event (`INFO cpu`), and the
 //! daemon's peak RSS. `ASTRA_BENCH_EVENTS` sets the drain size (default 1,000,000).
 //! Without `--bench` (as `cargo test --all-targets` runs it) it does a small smoke run.
 
@@ -18,8 +19,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use astra_bus::bus::Redis;
-use astra_bus::bus::client::{Value, arg, as_array, as_string, parse_read_reply};
-use astra_bus::envelope::{ContentType, Envelope, now_ms};
+use astra_bus::bus::client::{Value, arg, as_array, parse_read_reply};
+use astra_bus::envelope::{ContentType, Envelope};
 use support::{DaemonProcess, RedisServer, TempDir, write_config};
 
 const IN: &str = "astra.bench.in.v1";
@@ -40,15 +41,24 @@ async fn preload(redis: &Redis, n: usize, users: usize) {
     let mut batch = Vec::with_capacity(1000);
     for i in 0..n {
         let payload = format!("{{\"user_id\":\"u{}\",\"n\":{i}}}", i % users);
-        let data = rmp_serde::to_vec_named(&serde_json::from_str::<serde_json::Value>(&payload).unwrap()).unwrap();
-        batch.push((IN.to_string(), Envelope::root("bench.in", 1, "bench", None, ContentType::MsgPack, data)));
+        let data =
+            rmp_serde::to_vec_named(&serde_json::from_str::<serde_json::Value>(&payload).unwrap())
+                .unwrap();
+        batch.push((
+            IN.to_string(),
+            Envelope::root("bench.in", 1, "bench", None, ContentType::MsgPack, data),
+        ));
         if batch.len() == 1000 {
-            astra_bus::bus::publish::publish_many(redis, &batch).await.unwrap();
+            astra_bus::bus::publish::publish_many(redis, &batch)
+                .await
+                .unwrap();
             batch.clear();
         }
     }
     if !batch.is_empty() {
-        astra_bus::bus::publish::publish_many(redis, &batch).await.unwrap();
+        astra_bus::bus::publish::publish_many(redis, &batch)
+            .await
+            .unwrap();
     }
 }
 
@@ -58,10 +68,21 @@ async fn reset(redis: &Redis) {
 
 /// The raw loop: no envelope decoding, no handler, no dedup; the floor any bus pays.
 async fn raw_baseline(server: &RedisServer, n: usize) -> (f64, f64) {
-    let redis = Redis::connect(&server.url(), Duration::from_secs(5)).await.unwrap();
+    let redis = Redis::connect(&server.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
     reset(&redis).await;
     redis
-        .cmd("XGROUP", vec![arg("CREATE"), arg(IN), arg("raw"), arg("0"), arg("MKSTREAM")])
+        .cmd(
+            "XGROUP",
+            vec![
+                arg("CREATE"),
+                arg(IN),
+                arg("raw"),
+                arg("0"),
+                arg("MKSTREAM"),
+            ],
+        )
         .await
         .unwrap();
     preload(&redis, n, 100).await;
@@ -69,20 +90,31 @@ async fn raw_baseline(server: &RedisServer, n: usize) -> (f64, f64) {
     let start = Instant::now();
     let mut tasks = vec![];
     for c in 0..4 {
-        let conn = Redis::connect(&server.url(), Duration::from_secs(5)).await.unwrap();
+        let conn = Redis::connect(&server.url(), Duration::from_secs(5))
+            .await
+            .unwrap();
         tasks.push(tokio::spawn(async move {
             loop {
                 let v = conn
                     .cmd(
                         "XREADGROUP",
                         vec![
-                            arg("GROUP"), arg("raw"), arg(format!("c{c}")), arg("COUNT"), arg(100),
-                            arg("STREAMS"), arg(IN), arg(">"),
+                            arg("GROUP"),
+                            arg("raw"),
+                            arg(format!("c{c}")),
+                            arg("COUNT"),
+                            arg(100),
+                            arg("STREAMS"),
+                            arg(IN),
+                            arg(">"),
                         ],
                     )
                     .await
                     .unwrap();
-                let entries: Vec<_> = parse_read_reply(v).into_iter().flat_map(|(_, e)| e).collect();
+                let entries: Vec<_> = parse_read_reply(v)
+                    .into_iter()
+                    .flat_map(|(_, e)| e)
+                    .collect();
                 if entries.is_empty() {
                     return;
                 }
@@ -107,12 +139,19 @@ async fn raw_baseline(server: &RedisServer, n: usize) -> (f64, f64) {
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = redis_cpu(server) - cpu0;
-    assert_eq!(astra_bus::bus::client::as_int(&redis.cmd("XLEN", vec![arg(OUT)]).await.unwrap()), Some(n as i64));
+    assert_eq!(
+        astra_bus::bus::client::as_int(&redis.cmd("XLEN", vec![arg(OUT)]).await.unwrap()),
+        Some(n as i64)
+    );
     (n as f64 / secs, cpu * 1e6 / n as f64)
 }
 
 fn config(url: &str, handler: &str) -> TempDir {
-    let publishes = if handler == "builtin.forward" { format!("publishes = [\"{OUT}\"]\n") } else { String::new() };
+    let publishes = if handler == "builtin.forward" {
+        format!("publishes = [\"{OUT}\"]\n")
+    } else {
+        String::new()
+    };
     write_config(
         &format!(
             "[redis]\nurl = \"{url}\"\n\n[defaults]\nbatch_size = 200\nconcurrency = 2000\nblock = \"50ms\"\n\n\
@@ -120,15 +159,31 @@ fn config(url: &str, handler: &str) -> TempDir {
              [[stream]]\nname = \"{IN}\"\ndescription = \"in\"\n\n[[stream]]\nname = \"{OUT}\"\ndescription = \"out\"\n\n\
              [[stream]]\nname = \"astra.bus.dead_letter.v1\"\ndescription = \"dl\"\n"
         ),
-        &[("bench", &format!("[[group]]\nname = \"bench.g\"\nhandler = \"{handler}\"\nreads = [\"{IN}\"]\n{publishes}"))],
+        &[(
+            "bench",
+            &format!(
+                "[[group]]\nname = \"bench.g\"\nhandler = \"{handler}\"\nreads = [\"{IN}\"]\n{publishes}"
+            ),
+        )],
     )
 }
 
 async fn pending_and_lag(redis: &Redis) -> (i64, i64) {
-    let v = redis.cmd("XINFO", vec![arg("GROUPS"), arg(IN)]).await.unwrap();
+    // Before the daemon declared the stream, XINFO errors: report "no group yet".
+    let Ok(v) = redis.cmd("XINFO", vec![arg("GROUPS"), arg(IN)]).await else {
+        return (-1, -1);
+    };
     let g = as_array(v).unwrap_or_default().into_iter().next();
-    let m: HashMap<String, Value> = g.map(astra_bus::bus::client::as_pairs).unwrap_or_default().into_iter().collect();
-    let get = |k: &str| m.get(k).and_then(astra_bus::bus::client::as_int).unwrap_or(-1);
+    let m: HashMap<String, Value> = g
+        .map(astra_bus::bus::client::as_pairs)
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let get = |k: &str| {
+        m.get(k)
+            .and_then(astra_bus::bus::client::as_int)
+            .unwrap_or(-1)
+    };
     (get("pending"), get("lag"))
 }
 
@@ -145,7 +200,9 @@ fn peak_rss_mb(pid: u32) -> f64 {
 
 /// Preloads `n` events, starts the daemon binary, times the drain.
 async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f64, f64) {
-    let redis = Redis::connect(&server.url(), Duration::from_secs(5)).await.unwrap();
+    let redis = Redis::connect(&server.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
     reset(&redis).await;
     let dir = config(&server.url(), handler);
     let logs = TempDir::new("bench-logs");
@@ -162,7 +219,11 @@ async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f6
         if pending == 0 && lag == 0 {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(600), "drain too slow:\n{}", d.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "drain too slow:\n{}",
+            d.log_text()
+        );
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = redis_cpu(server) - cpu0;
@@ -170,7 +231,8 @@ async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f6
     let (st, _) = d.terminate(Duration::from_secs(20));
     assert!(st.success());
     if handler == "builtin.forward" {
-        let out = astra_bus::bus::client::as_int(&redis.cmd("XLEN", vec![arg(OUT)]).await.unwrap()).unwrap();
+        let out = astra_bus::bus::client::as_int(&redis.cmd("XLEN", vec![arg(OUT)]).await.unwrap())
+            .unwrap();
         assert_eq!(out, n as i64, "exactly one derived event per input");
     }
     // Startup (connect, declare, first read) is inside the timing, as a user would see it.
@@ -180,7 +242,9 @@ async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f6
 /// Publishes at `rate`/s for `secs` while the daemon forwards; latency = commit (the
 /// derived entry's id time) − the source event's `ts`, both from this machine's clock.
 async fn latency_at(server: &RedisServer, rate: u64, secs: u64) -> (f64, f64, f64, usize) {
-    let redis = Redis::connect(&server.url(), Duration::from_secs(5)).await.unwrap();
+    let redis = Redis::connect(&server.url(), Duration::from_secs(5))
+        .await
+        .unwrap();
     reset(&redis).await;
     let dir = config(&server.url(), "builtin.forward");
     let logs = TempDir::new("bench-logs");
@@ -200,11 +264,19 @@ async fn latency_at(server: &RedisServer, rate: u64, secs: u64) -> (f64, f64, f6
         tick.tick().await;
         let batch: Vec<_> = (0..per_tick)
             .map(|i| {
-                let data = rmp_serde::to_vec_named(&serde_json::json!({"user_id": format!("u{}", (sent + i) % 100)})).unwrap();
-                (IN.to_string(), Envelope::root("bench.in", 1, "bench", None, ContentType::MsgPack, data))
+                let data = rmp_serde::to_vec_named(
+                    &serde_json::json!({"user_id": format!("u{}", (sent + i) % 100)}),
+                )
+                .unwrap();
+                (
+                    IN.to_string(),
+                    Envelope::root("bench.in", 1, "bench", None, ContentType::MsgPack, data),
+                )
             })
             .collect();
-        astra_bus::bus::publish::publish_many(&redis, &batch).await.unwrap();
+        astra_bus::bus::publish::publish_many(&redis, &batch)
+            .await
+            .unwrap();
         sent += batch.len();
     }
     let achieved = sent as f64 / start.elapsed().as_secs_f64();
@@ -231,7 +303,6 @@ async fn latency_at(server: &RedisServer, rate: u64, secs: u64) -> (f64, f64, f6
     }
     lat.sort_unstable();
     let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize] as f64;
-    let _ = now_ms();
     (achieved, q(0.5), q(0.99), lat.len())
 }
 
@@ -240,14 +311,26 @@ async fn read_stream(redis: &Redis, stream: &str) -> Vec<(String, Envelope)> {
     let mut start = "-".to_string();
     loop {
         let v = redis
-            .cmd("XRANGE", vec![arg(stream), arg(start.as_str()), arg("+"), arg("COUNT"), arg(10_000)])
+            .cmd(
+                "XRANGE",
+                vec![
+                    arg(stream),
+                    arg(start.as_str()),
+                    arg("+"),
+                    arg("COUNT"),
+                    arg(10_000),
+                ],
+            )
             .await
             .unwrap();
         let page = astra_bus::bus::client::parse_entries(v);
         let n = page.len();
         for e in page {
             start = format!("({}", e.id);
-            out.push((e.id.clone(), Envelope::from_fields(&e.fields.unwrap()).unwrap()));
+            out.push((
+                e.id.clone(),
+                Envelope::from_fields(&e.fields.unwrap()).unwrap(),
+            ));
         }
         if n < 10_000 {
             return out;
@@ -262,7 +345,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(if full { 1_000_000 } else { 2_000 });
     let (rate, secs) = if full { (10_000, 5) } else { (1_000, 1) };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let server = RedisServer::start();
         let version = server.cli(&["INFO", "server"]);

@@ -13,8 +13,9 @@
 //! | `ct` | `application/msgpack` (default) or `application/json` |
 //! | `data` | the payload |
 //!
-//! Derived events get ids computed from (group, source event id, index), so re-running a
-//! handler after a crash yields the same id and consumers can recognise the repeat.
+//! Derived events get ids computed from (group, source event id, index) and keep their
+//! cause's `ts`, so re-running a handler after a crash yields the same event and consumers
+//! can recognise the repeat.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -148,7 +149,10 @@ impl Envelope {
         }
     }
 
-    /// The `index`-th event derived by `group` from `self`: same `cid`, `caus` = our id.
+    /// The `index`-th event derived by `group` from `self`: same `cid`, `caus` = our id,
+    /// and the same `ts`: a derived event happened when its cause did, which keeps day
+    /// and window attribution on the original occurrence and makes a re-derived event
+    /// identical to the first (only `src` says who derived it).
     pub fn derive(
         &self,
         group: &str,
@@ -163,7 +167,7 @@ impl Envelope {
             v,
             cid: self.cid.clone(),
             caus: Some(self.id.clone()),
-            ts: now_ms(),
+            ts: self.ts,
             src: group.to_string(),
             tp: self.tp.clone(),
             ct: ContentType::MsgPack,

@@ -34,9 +34,9 @@ pub mod streams {
 }
 
 /// USD (a JSON number) to integer cents, rounded half away from zero. Rejects NaN,
-/// infinities, negatives and amounts beyond ±10^13 USD.
+/// infinities, negatives and amounts beyond 10^13 USD.
 pub fn usd_to_cents(usd: f64) -> Option<i64> {
-    if !usd.is_finite() || usd < 0.0 || usd > 1e13 {
+    if !usd.is_finite() || !(0.0..=1e13).contains(&usd) {
         return None;
     }
     Some((usd * 100.0).round() as i64)

@@ -57,7 +57,12 @@ fn shipped_config_parses_and_validates() {
     assert_eq!(cfg.groups.len(), 17);
     assert_eq!(cfg.domains().len(), 7);
     assert_eq!(cfg.streams.len(), 20);
-    let external: Vec<_> = cfg.streams.iter().filter(|s| s.external).map(|s| s.name.as_str()).collect();
+    let external: Vec<_> = cfg
+        .streams
+        .iter()
+        .filter(|s| s.external)
+        .map(|s| s.name.as_str())
+        .collect();
     assert_eq!(
         external,
         [
@@ -69,10 +74,19 @@ fn shipped_config_parses_and_validates() {
         ]
     );
     let xp = cfg.group("gamification.xp_processing").unwrap();
-    assert_eq!(xp.reads, ["astra.trading.trade_executed.v1", "astra.social.interaction.v1"]);
+    assert_eq!(
+        xp.reads,
+        [
+            "astra.trading.trade_executed.v1",
+            "astra.social.interaction.v1"
+        ]
+    );
     assert_eq!(xp.batch_size, 100);
     assert_eq!(xp.start_id, StartId::Beginning);
-    assert_eq!(cfg.stream("astra.bus.dead_letter.v1").unwrap().max_age, Some(std::time::Duration::from_secs(30 * 86400)));
+    assert_eq!(
+        cfg.stream("astra.bus.dead_letter.v1").unwrap().max_age,
+        Some(std::time::Duration::from_secs(30 * 86400))
+    );
     // Every group's handler builds with its options.
     let reg = astra_bus::handlers::Registry::builtin();
     for g in &cfg.groups {
@@ -95,12 +109,16 @@ fn environment_overrides_url_and_instance() {
 
 #[test]
 fn rejects_a_stream_name_off_the_naming_scheme() {
-    let s = format!("{STREAMS}\n[[stream]]\nname = \"astra.Social.bad-name.v0\"\ndescription = \"x\"\n");
+    let s = format!(
+        "{STREAMS}\n[[stream]]\nname = \"astra.Social.bad-name.v0\"\ndescription = \"x\"\n"
+    );
     let errs = errors(&s, GROUP);
     let line = s.lines().position(|l| l.contains("bad-name")).unwrap() + 1;
     assert_one(
         &errs,
-        &format!("streams.toml:{line}:8: stream.name \"astra.Social.bad-name.v0\" does not match astra.<domain>.<event>.v<n> (lower-case [a-z0-9_] segments, n >= 1)"),
+        &format!(
+            "streams.toml:{line}:8: stream.name \"astra.Social.bad-name.v0\" does not match astra.<domain>.<event>.v<n> (lower-case [a-z0-9_] segments, n >= 1)"
+        ),
     );
 }
 
@@ -137,12 +155,22 @@ fn rejects_an_unknown_handler() {
 
 #[test]
 fn rejects_duplicate_streams() {
-    let s = format!("{STREAMS}\n[[stream]]\nname = \"astra.social.interaction.v1\"\ndescription = \"again\"\n");
-    let line = s.lines().collect::<Vec<_>>().iter().rposition(|l| l.contains("astra.social.interaction.v1")).unwrap() + 1;
+    let s = format!(
+        "{STREAMS}\n[[stream]]\nname = \"astra.social.interaction.v1\"\ndescription = \"again\"\n"
+    );
+    let line = s
+        .lines()
+        .collect::<Vec<_>>()
+        .iter()
+        .rposition(|l| l.contains("astra.social.interaction.v1"))
+        .unwrap()
+        + 1;
     let errs = errors(&s, GROUP);
     assert_one(
         &errs,
-        &format!("streams.toml:{line}:8: stream.name: duplicate stream astra.social.interaction.v1 (first declared on line 5)"),
+        &format!(
+            "streams.toml:{line}:8: stream.name: duplicate stream astra.social.interaction.v1 (first declared on line 5)"
+        ),
     );
 }
 
@@ -158,18 +186,37 @@ fn rejects_duplicate_groups() {
 
 #[test]
 fn rejects_zero_and_absurd_numbers() {
-    let g = format!("{GROUP}batch_size = 0\nmax_deliveries = 100000\nclaim_idle = \"3years\"\nblock = \"soon\"\n");
+    let g = format!(
+        "{GROUP}batch_size = 0\nmax_deliveries = 100000\nclaim_idle = \"3years\"\nblock = \"soon\"\n"
+    );
     let errs = errors(STREAMS, &g);
-    assert_one(&errs, "consumer-groups/social.toml:6:14: batch_size must be between 1 and 10000, got 0");
-    assert_one(&errs, "consumer-groups/social.toml:7:18: max_deliveries must be between 1 and 1000, got 100000");
-    assert_one(&errs, "consumer-groups/social.toml:8:14: claim_idle must be between 10ms and 1day, got \"3years\"");
+    assert_one(
+        &errs,
+        "consumer-groups/social.toml:6:14: batch_size must be between 1 and 10000, got 0",
+    );
+    assert_one(
+        &errs,
+        "consumer-groups/social.toml:7:18: max_deliveries must be between 1 and 1000, got 100000",
+    );
+    assert_one(
+        &errs,
+        "consumer-groups/social.toml:8:14: claim_idle must be between 10ms and 1day, got \"3years\"",
+    );
     assert!(
-        errs.iter().any(|e| e.starts_with("consumer-groups/social.toml:9:9: block: \"soon\" is not a duration")),
+        errs.iter()
+            .any(|e| e
+                .starts_with("consumer-groups/social.toml:9:9: block: \"soon\" is not a duration")),
         "{errs:#?}"
     );
-    let s = STREAMS.replace("[[stream]]\nname = \"astra.social.interaction.v1\"", "[[stream]]\nmax_len = -5\nname = \"astra.social.interaction.v1\"");
+    let s = STREAMS.replace(
+        "[[stream]]\nname = \"astra.social.interaction.v1\"",
+        "[[stream]]\nmax_len = -5\nname = \"astra.social.interaction.v1\"",
+    );
     let errs = errors(&s, GROUP);
-    assert_one(&errs, "streams.toml:5:11: stream astra.social.interaction.v1: max_len must be between 1 and 10000000000, got -5");
+    assert_one(
+        &errs,
+        "streams.toml:5:11: stream astra.social.interaction.v1: max_len must be between 1 and 10000000000, got -5",
+    );
 }
 
 #[test]
@@ -177,12 +224,18 @@ fn rejects_unknown_fields_with_their_location() {
     let g = GROUP.replace("handler =", "handlr = \"x\"\nhandler =");
     let errs = errors(STREAMS, &g);
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    assert!(errs[0].starts_with("consumer-groups/social.toml:3:1: unknown field `handlr`"), "{errs:#?}");
+    assert!(
+        errs[0].starts_with("consumer-groups/social.toml:3:1: unknown field `handlr`"),
+        "{errs:#?}"
+    );
 }
 
 #[test]
 fn rejects_a_group_outside_its_files_domain() {
-    let g = GROUP.replace("name = \"social.feed_generation\"", "name = \"trading.feed\"");
+    let g = GROUP.replace(
+        "name = \"social.feed_generation\"",
+        "name = \"trading.feed\"",
+    );
     let errs = errors(STREAMS, &g);
     assert_one(
         &errs,

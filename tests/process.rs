@@ -15,7 +15,10 @@ const A: &str = "astra.test.a.v1";
 const B: &str = "astra.test.b.v1";
 
 fn config(url: &str, batch: usize) -> TempDir {
-    let mut streams = streams_toml(&[A, B], &format!("batch_size = {batch}\nconcurrency = {}", batch * 4));
+    let mut streams = streams_toml(
+        &[A, B],
+        &format!("batch_size = {batch}\nconcurrency = {}", batch * 4),
+    );
     streams = streams.replace("redis://127.0.0.1:1", url);
     write_config(
         &streams,
@@ -43,11 +46,15 @@ async fn preload(url: &str, n: usize, users: usize) {
         );
         batch.push((A.to_string(), env));
         if batch.len() == 500 {
-            astra_bus::bus::publish::publish_many(&redis, &batch).await.unwrap();
+            astra_bus::bus::publish::publish_many(&redis, &batch)
+                .await
+                .unwrap();
             batch.clear();
         }
     }
-    astra_bus::bus::publish::publish_many(&redis, &batch).await.unwrap();
+    astra_bus::bus::publish::publish_many(&redis, &batch)
+        .await
+        .unwrap();
     redis.quit().await;
 }
 
@@ -62,7 +69,10 @@ async fn assert_exactly_once(url: &str, n: usize, users: usize) {
     }
     let out = read_all(&redis, B).await;
     assert_eq!(out.len(), n, "exactly one derived event per input");
-    let causes: HashSet<&str> = out.iter().map(|(_, e)| e.caus.as_deref().unwrap()).collect();
+    let causes: HashSet<&str> = out
+        .iter()
+        .map(|(_, e)| e.caus.as_deref().unwrap())
+        .collect();
     assert_eq!(causes.len(), n, "each derived event from a distinct input");
     let ids: HashSet<&str> = out.iter().map(|(_, e)| e.id.as_str()).collect();
     assert_eq!(ids.len(), n);
@@ -75,7 +85,11 @@ async fn assert_exactly_once(url: &str, n: usize, users: usize) {
 async fn done(url: &str, n: usize) -> bool {
     let redis = connect(url).await;
     let ok = xlen(&redis, B).await >= n as i64
-        && hgetall_int(&redis, "astra:count:test.count").await.values().sum::<i64>() >= n as i64
+        && hgetall_int(&redis, "astra:count:test.count")
+            .await
+            .values()
+            .sum::<i64>()
+            >= n as i64
         && pending(&redis, A, "test.count").await == 0
         && pending(&redis, A, "test.fwd").await == 0;
     redis.quit().await;
@@ -94,20 +108,29 @@ async fn sigkill_at_random_points_never_loses_or_doubles_work() {
     let mut kills = 0;
     let start = Instant::now();
     while !done(&url, n).await {
-        assert!(start.elapsed() < Duration::from_secs(240), "crash loop did not finish");
+        assert!(
+            start.elapsed() < Duration::from_secs(240),
+            "crash loop did not finish"
+        );
         let mut d = DaemonProcess::start(&dir.path, &url, "crashy", &logs.path);
         if kills < 8 {
             tokio::time::sleep(Duration::from_millis(rng.range(40, 500))).await;
             d.kill9();
             kills += 1;
         } else {
-            wait_until(Duration::from_secs(120), "drain after the kills", || done(&url, n)).await;
+            wait_until(Duration::from_secs(120), "drain after the kills", || {
+                done(&url, n)
+            })
+            .await;
             let (st, _) = d.terminate(Duration::from_secs(15));
             assert!(st.success(), "{}", d.log_text());
         }
     }
     eprintln!("killed {kills} times");
-    assert!(kills >= 3, "the test must actually kill the daemon mid-flight");
+    assert!(
+        kills >= 3,
+        "the test must actually kill the daemon mid-flight"
+    );
     assert_exactly_once(&url, n, users).await;
 }
 
@@ -138,7 +161,9 @@ async fn a_zombie_consumer_frozen_past_claim_idle_applies_nothing_twice() {
     let (st, _) = healthy.terminate(Duration::from_secs(15));
     assert!(st.success());
     assert!(
-        healthy.log_text().contains("reclaimed idle pending entries"),
+        healthy
+            .log_text()
+            .contains("reclaimed idle pending entries"),
         "the healthy daemon reclaimed the zombie's entries:\n{}",
         healthy.log_text()
     );
@@ -160,12 +185,24 @@ async fn sigterm_during_load_exits_zero_in_time_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // streams_toml sets shutdown_deadline = 5s.
     let (st, took) = d.terminate(Duration::from_secs(8));
-    assert!(st.success(), "exit 0 on SIGTERM, got {st:?}\n{}", d.log_text());
-    assert!(took < Duration::from_secs(6), "exited within the deadline: {took:?}");
+    assert!(
+        st.success(),
+        "exit 0 on SIGTERM, got {st:?}\n{}",
+        d.log_text()
+    );
+    assert!(
+        took < Duration::from_secs(6),
+        "exited within the deadline: {took:?}"
+    );
     assert!(d.log_text().contains("astra-bus stopped"));
     loader.await.unwrap();
     let mut d = DaemonProcess::start(&dir.path, &url, "termed", &logs.path);
-    wait_until(Duration::from_secs(120), "all processed after restart", || done(&url, n)).await;
+    wait_until(
+        Duration::from_secs(120),
+        "all processed after restart",
+        || done(&url, n),
+    )
+    .await;
     let (st, _) = d.terminate(Duration::from_secs(8));
     assert!(st.success());
     assert_exactly_once(&url, n, users).await;

@@ -142,10 +142,11 @@ impl Redis {
 
     /// Calls `f` each time the client reconnects (metrics, logs).
     pub fn on_reconnect(&self, f: impl Fn() + Send + 'static) {
-        let _ = self.client.on_reconnect(move |_| {
+        // The listener task lives as long as the client; its handle is not needed.
+        drop(self.client.on_reconnect(move |_| {
             f();
             async { Ok(()) }
-        });
+        }));
     }
 
     /// Sends one command with arbitrary arguments and returns the raw reply.
@@ -264,6 +265,9 @@ pub fn as_pairs(v: Value) -> Vec<(String, Value)> {
     out
 }
 
+/// A stream entry's field/value pairs, in order.
+pub type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One stream entry as Redis returned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {
@@ -271,7 +275,7 @@ pub struct RawEntry {
     pub id: String,
     /// Field/value pairs; `None` when the entry's body was deleted (trimmed) while it was
     /// still pending.
-    pub fields: Option<Vec<(Vec<u8>, Vec<u8>)>>,
+    pub fields: Option<Fields>,
 }
 
 impl RawEntry {

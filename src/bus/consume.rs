@@ -14,7 +14,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::client::{BusError, RawEntry, Redis, arg, parse_read_reply};
+use super::client::{BusError, Fields, RawEntry, Redis, arg, parse_read_reply};
 use super::commit::{RoundItem, RoundOutcome, commit_round};
 use super::deadletter::{DeadLetter, Reason, dead_letter};
 use super::declare::declare_group_at;
@@ -145,7 +145,7 @@ pub async fn process_batch(
     let mut report = BatchReport::default();
     let mut dead: Vec<DeadLetter> = vec![];
     let mut work: Vec<Work> = vec![];
-    let mut raw_fields: HashMap<String, Vec<(Vec<u8>, Vec<u8>)>> = HashMap::new();
+    let mut raw_fields: HashMap<String, Fields> = HashMap::new();
     m.consumed
         .get_or_create(&labels)
         .inc_by(entries.len() as u64);
@@ -387,7 +387,7 @@ pub async fn process_batch(
 
 fn dl(
     w: &Work,
-    raw: &mut HashMap<String, Vec<(Vec<u8>, Vec<u8>)>>,
+    raw: &mut HashMap<String, Fields>,
     deliveries: &HashMap<String, u64>,
     reason: Reason,
     error: String,
@@ -552,7 +552,7 @@ pub async fn read_loop(ctx: Arc<GroupContext>, stream: String, mut shutdown: Shu
                 let mut permits = permits;
                 if entries.len() < g.batch_size {
                     // Give back the room this batch does not use.
-                    let unused = permits.split((g.batch_size - entries.len()) as usize);
+                    let unused = permits.split(g.batch_size - entries.len());
                     drop(unused);
                 }
                 let ctx2 = ctx.clone();

@@ -394,7 +394,10 @@ impl DaemonProcess {
             }
             if start.elapsed() > within {
                 self.kill9();
-                panic!("daemon did not exit within {within:?}; log:\n{}", self.log_text());
+                panic!(
+                    "daemon did not exit within {within:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
