@@ -115,6 +115,14 @@ pub enum Command {
         action: DlqAction,
     },
 
+    /// Verify the tamper-evident audit log.
+    ///
+    /// Example: astra-bus audit verify
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
+
     /// Print the tree of events that share a correlation id.
     ///
     /// Streams are scanned from a minute before the correlation id's time (UUIDv7 ids carry
@@ -131,6 +139,15 @@ pub enum Command {
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         since: std::time::Duration,
     },
+}
+
+/// `audit` actions.
+#[derive(Debug, Subcommand)]
+pub enum AuditAction {
+    /// Walk the hash chain and report the first broken link (exit 1 if broken).
+    ///
+    /// Example: astra-bus audit verify
+    Verify,
 }
 
 /// `dlq` actions.
@@ -347,6 +364,28 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let code = dlq_command(&redis, &cfg, action).await?;
             redis.quit().await;
             Ok(code)
+        }
+        Command::Audit {
+            action: AuditAction::Verify,
+        } => {
+            let cfg = load(&cli)?;
+            let redis = connect(&cfg).await?;
+            let r = crate::bus::audit::verify(&redis).await;
+            redis.quit().await;
+            match r {
+                Ok((n, head)) => {
+                    println!(
+                        "ok: {n} audit records, chain intact, head {}",
+                        if head.is_empty() { "-" } else { &head }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(crate::bus::audit::AuditError::Redis(e)) => Err(e.into()),
+                Err(e) => {
+                    println!("broken: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Trace { cid, window, since } => {
             let cfg = load(&cli)?;

@@ -1,6 +1,7 @@
 //! Redis Streams plumbing: the client wrapper, topology declaration, the delivery engine
 //! (consume → handle → commit), reclaiming, dead letters, publishing and retention.
 
+pub mod audit;
 pub mod client;
 pub mod commit;
 pub mod consume;
