@@ -125,8 +125,8 @@ pub enum Command {
 
     /// Print the tree of events that share a correlation id.
     ///
-    /// Streams are scanned from a minute before the correlation id's time (UUIDv7 ids carry
-    /// it; otherwise --since) for --window.
+    /// Streams are scanned from a minute before the correlation id's time for --window
+    /// (UUIDv7 ids carry their time); for any other id, over the last --since.
     ///
     /// Example: astra-bus trace 0193a6f2-7c1e-7d3a-9a51-0c2b6f1e9d10
     Trace {
@@ -390,22 +390,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace { cid, window, since } => {
             let cfg = load(&cli)?;
             let redis = connect(&cfg).await?;
-            let start = uuid::Uuid::parse_str(cid)
+            // A UUIDv7 correlation id carries its time: scan from a minute before it for
+            // --window. Any other id: scan the last --since.
+            let now = crate::envelope::now_ms();
+            let (from, to) = match uuid::Uuid::parse_str(cid)
                 .ok()
                 .and_then(|u| u.get_timestamp())
-                .map(|t| {
-                    let (s, n) = t.to_unix();
-                    s as i64 * 1000 + i64::from(n / 1_000_000) - 60_000
-                })
-                .unwrap_or_else(|| crate::envelope::now_ms() - since.as_millis() as i64);
-            let nodes = crate::bus::trace::collect(
-                &redis,
-                &cfg,
-                cid,
-                start,
-                start + window.as_millis() as i64 + 60_000,
-            )
-            .await?;
+            {
+                Some(t) => {
+                    let (secs, nanos) = t.to_unix();
+                    let at = secs as i64 * 1000 + i64::from(nanos / 1_000_000);
+                    (at - 60_000, at + window.as_millis() as i64)
+                }
+                None => (now - since.as_millis() as i64, now + 60_000),
+            };
+            let nodes = crate::bus::trace::collect(&redis, &cfg, cid, from, to).await?;
             redis.quit().await;
             if nodes.is_empty() {
                 eprintln!("no events with correlation id {cid} in the scanned window");
