@@ -191,6 +191,15 @@ pub enum DlqAction {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run) {
+        // One-shot commands behave like Unix tools: `astra-bus status | head` ends quietly
+        // when the reader goes away instead of panicking on a broken pipe. (The daemon
+        // keeps Rust's default of ignoring SIGPIPE: its sockets must never kill it.)
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging(&cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -457,3 +457,49 @@ async fn retention_never_trims_what_a_group_still_needs() {
         "no needed entry trimmed"
     );
 }
+
+#[tokio::test]
+async fn idle_streams_of_a_group_do_not_starve_its_busy_stream() {
+    // A group reading many streams with little room in flight: readers blocked on idle
+    // streams must not hold that room (a regression: they did, and the busy stream then
+    // advanced one batch per `block` of every idle reader).
+    let server = RedisServer::start();
+    let idle: Vec<String> = (0..9).map(|i| format!("astra.test.idle{i}.v1")).collect();
+    let mut all: Vec<&str> = idle.iter().map(String::as_str).collect();
+    all.push(A);
+    let reads = all
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let dir = write_config(
+        &streams_toml(&all, "batch_size = 10\nconcurrency = 10")
+            .replace("block = \"100ms\"", "block = \"1s\""),
+        &[(
+            "test",
+            &format!(
+                "[[group]]\nname = \"test.count\"\nhandler = \"builtin.count_by_user\"\nreads = [{reads}]\n"
+            ),
+        )],
+    );
+    let reg = Registry::builtin();
+    let daemon = InProc::start(load(&dir.path, &server.url(), "d1", &reg), reg).await;
+    let redis = connect(&server.url()).await;
+    for i in 0..300 {
+        publish_json(&redis, A, &format!("{{\"user_id\":\"u{}\"}}", i % 3), None).await;
+    }
+    // Starved, this takes 30 batches × 9 idle readers × 1 s ≈ 270 s.
+    wait_until(
+        Duration::from_secs(60),
+        "the busy stream drained",
+        || async {
+            hgetall_int(&redis, "astra:count:test.count")
+                .await
+                .values()
+                .sum::<i64>()
+                == 300
+        },
+    )
+    .await;
+    daemon.stop().await;
+}

@@ -504,14 +504,6 @@ pub async fn read_loop(ctx: Arc<GroupContext>, stream: String, mut shutdown: Shu
                 }
             }
         }
-        // Bounded in-flight work: wait for room for a whole batch before reading one.
-        let permits = tokio::select! {
-            p = ctx.inflight.clone().acquire_many_owned(g.batch_size as u32) => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            _ = shutdown.recv() => break,
-        };
         let read = conn.blocking_cmd(
             "XREADGROUP",
             8,
@@ -549,12 +541,17 @@ pub async fn read_loop(ctx: Arc<GroupContext>, stream: String, mut shutdown: Shu
                 if entries.is_empty() {
                     continue;
                 }
-                let mut permits = permits;
-                if entries.len() < g.batch_size {
-                    // Give back the room this batch does not use.
-                    let unused = permits.split(g.batch_size - entries.len());
-                    drop(unused);
-                }
+                // Bounded in-flight work: room for what was read is taken *after* the read,
+                // so a reader blocked on an idle stream never holds room that the group's
+                // busy streams need. While the group is full this reader stops reading.
+                let permits = tokio::select! {
+                    p = ctx.inflight.clone().acquire_many_owned(entries.len() as u32) => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                    // Entries read but not started stay pending: recovered or reclaimed.
+                    _ = shutdown.recv() => break,
+                };
                 let ctx2 = ctx.clone();
                 let stream2 = stream.clone();
                 let sd = shutdown.clone();
@@ -564,7 +561,6 @@ pub async fn read_loop(ctx: Arc<GroupContext>, stream: String, mut shutdown: Shu
                 });
             }
             Err(BusError::NoGroup(msg)) => {
-                drop(permits);
                 if !nogroup_logged {
                     tracing::error!(group = %g.name, %stream, %msg, "consumer group is gone (Redis restarted or failed over?); re-creating it at 0");
                     nogroup_logged = true;
@@ -579,7 +575,6 @@ pub async fn read_loop(ctx: Arc<GroupContext>, stream: String, mut shutdown: Shu
                 }
             }
             Err(e) => {
-                drop(permits);
                 let d = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(group = %g.name, %stream, error = %e, "read failed, retrying in {d:?}");
                 if !sleep_or_shutdown(d, &mut shutdown).await {

@@ -86,12 +86,6 @@ pub async fn reclaim_once(
         if shutdown.is_shutdown() {
             break;
         }
-        let permits = ctx
-            .inflight
-            .clone()
-            .acquire_many_owned(g.batch_size as u32)
-            .await
-            .map_err(|_| BusError::Unavailable("shutting down".into()))?;
         let v = ctx
             .redis
             .cmd(
@@ -127,6 +121,13 @@ pub async fn reclaim_once(
                 "pending entries were trimmed from the stream before processing: lost");
         }
         if !entries.is_empty() {
+            // Claimed entries count against the group's in-flight bound like read ones.
+            let permits = ctx
+                .inflight
+                .clone()
+                .acquire_many_owned(entries.len() as u32)
+                .await
+                .map_err(|_| BusError::Unavailable("shutting down".into()))?;
             report.claimed += entries.len();
             let first = entries.first().map(|e| e.id.clone()).unwrap_or_default();
             let last = entries.last().map(|e| e.id.clone()).unwrap_or_default();
@@ -137,8 +138,8 @@ pub async fn reclaim_once(
             report.processed.duplicates += r.duplicates;
             report.processed.dead_lettered += r.dead_lettered;
             report.processed.left_pending += r.left_pending;
+            drop(permits);
         }
-        drop(permits);
         if next == "0-0" {
             break;
         }
