@@ -55,16 +55,12 @@ fn config_dir(url: &str, batch: usize, concurrency: usize) -> TempDir {
     dir
 }
 
+/// (stream, JSON payload, ts) of one input event.
+type Input = (String, serde_json::Value, i64);
+
 /// The random input sequence: registrations (all users, first), then trades,
 /// interactions, subscriptions (one start per subscriber) and NFT sales.
-fn sequence(
-    rng: &mut Rng,
-    n: usize,
-    base: i64,
-) -> (
-    Vec<(String, serde_json::Value, i64)>,
-    Vec<(String, serde_json::Value, i64)>,
-) {
+fn sequence(rng: &mut Rng, n: usize, base: i64) -> (Vec<Input>, Vec<Input>) {
     let users: Vec<String> = (0..8).map(|i| format!("user{i}")).collect();
     let clans = ["owls", "foxes", "bears"];
     let mut first = vec![];
@@ -130,7 +126,7 @@ fn sequence(
     (first, rest)
 }
 
-async fn publish_all(redis: &Redis, cfg: &Config, events: &[(String, serde_json::Value, i64)]) {
+async fn publish_all(redis: &Redis, cfg: &Config, events: &[Input]) {
     let mut batch = vec![];
     for (stream, p, ts) in events {
         let s = cfg.stream(stream).unwrap();
@@ -284,8 +280,8 @@ async fn snapshot(redis: &Redis) -> BTreeMap<String, String> {
 async fn run_case(
     server: &RedisServer,
     dir: &Path,
-    first: &[(String, serde_json::Value, i64)],
-    rest: &[(String, serde_json::Value, i64)],
+    first: &[Input],
+    rest: &[Input],
     faults: Option<&mut Rng>,
 ) -> BTreeMap<String, String> {
     let url = server.url();
