@@ -503,3 +503,168 @@ async fn idle_streams_of_a_group_do_not_starve_its_busy_stream() {
     .await;
     daemon.stop().await;
 }
+
+#[tokio::test]
+async fn pending_entries_trimmed_away_are_counted_as_lost_and_cleared() {
+    let server = RedisServer::start();
+    let dir = write_config(
+        &streams_toml(&[A], ""),
+        &[(
+            "test",
+            &format!(
+                "[[group]]\nname = \"test.count\"\nhandler = \"builtin.count_by_user\"\nreads = [\"{A}\"]\n"
+            ),
+        )],
+    );
+    let redis = connect(&server.url()).await;
+    redis
+        .cmd(
+            "XGROUP",
+            vec![
+                arg("CREATE"),
+                arg(A),
+                arg("test.count"),
+                arg("0"),
+                arg("MKSTREAM"),
+            ],
+        )
+        .await
+        .unwrap();
+    let (_, gone) = publish_json(&redis, A, r#"{"user_id":"u1"}"#, None).await;
+    publish_json(&redis, A, r#"{"user_id":"u2"}"#, None).await;
+    // A consumer that died holding both entries; then the first entry's body is deleted.
+    redis
+        .cmd(
+            "XREADGROUP",
+            vec![
+                arg("GROUP"),
+                arg("test.count"),
+                arg("dead"),
+                arg("COUNT"),
+                arg(10),
+                arg("STREAMS"),
+                arg(A),
+                arg(">"),
+            ],
+        )
+        .await
+        .unwrap();
+    redis
+        .cmd("XDEL", vec![arg(A), arg(gone.as_str())])
+        .await
+        .unwrap();
+    let reg = Registry::builtin();
+    let daemon = InProc::start(load(&dir.path, &server.url(), "d1", &reg), reg).await;
+    wait_until(
+        Duration::from_secs(20),
+        "the surviving entry reclaimed and processed",
+        || async {
+            hgetall_int(&redis, "astra:count:test.count")
+                .await
+                .get("u2")
+                == Some(&1)
+        },
+    )
+    .await;
+    let text = daemon.metrics.encode();
+    daemon.stop().await;
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("astra_bus_lost_total{") && l.ends_with(" 1")),
+        "one entry counted as lost:\n{text}"
+    );
+    assert_eq!(
+        pending(&redis, A, "test.count").await,
+        0,
+        "the lost entry no longer pending"
+    );
+    assert_eq!(
+        hgetall_int(&redis, "astra:count:test.count")
+            .await
+            .get("u1"),
+        None
+    );
+}
+
+#[tokio::test]
+async fn idle_consumers_are_removed_only_when_they_own_nothing() {
+    use astra_bus::bus::consume::GroupContext;
+    let server = RedisServer::start();
+    let redis = connect(&server.url()).await;
+    redis
+        .cmd(
+            "XGROUP",
+            vec![
+                arg("CREATE"),
+                arg(A),
+                arg("test.g"),
+                arg("0"),
+                arg("MKSTREAM"),
+            ],
+        )
+        .await
+        .unwrap();
+    publish_json(&redis, A, r#"{"user_id":"u1"}"#, None).await;
+    for c in ["ghost", "me"] {
+        redis
+            .cmd(
+                "XGROUP",
+                vec![arg("CREATECONSUMER"), arg(A), arg("test.g"), arg(c)],
+            )
+            .await
+            .unwrap();
+    }
+    // "holder" owns a pending entry.
+    redis
+        .cmd(
+            "XREADGROUP",
+            vec![
+                arg("GROUP"),
+                arg("test.g"),
+                arg("holder"),
+                arg("COUNT"),
+                arg(1),
+                arg("STREAMS"),
+                arg(A),
+                arg(">"),
+            ],
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut group = support::bus::test_group("test.g");
+    group.reads = vec![A.into()];
+    let ctx = GroupContext {
+        redis: redis.clone(),
+        group: Arc::new(group),
+        handler: Arc::new(Flaky),
+        consumer: "me".into(),
+        dedup_ttl: Duration::from_secs(60),
+        inflight: Arc::new(tokio::sync::Semaphore::new(10)),
+        metrics: astra_bus::metrics::Metrics::new(),
+        publishes: Default::default(),
+    };
+    let removed = astra_bus::bus::reclaim::remove_idle_consumers(&ctx, A, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(removed, vec!["ghost".to_string()]);
+    let left = redis
+        .cmd("XINFO", vec![arg("CONSUMERS"), arg(A), arg("test.g")])
+        .await
+        .unwrap();
+    let names: Vec<String> = astra_bus::bus::client::as_array(left)
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| {
+            astra_bus::bus::client::as_pairs(c)
+                .into_iter()
+                .find(|(k, _)| k == "name")
+                .and_then(|(_, v)| astra_bus::bus::client::as_string(&v))
+        })
+        .collect();
+    assert_eq!(
+        names,
+        vec!["holder".to_string(), "me".to_string()],
+        "the consumer with pending entries and our own stay"
+    );
+}

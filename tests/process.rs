@@ -207,3 +207,100 @@ async fn sigterm_during_load_exits_zero_in_time_and_loses_nothing() {
     assert!(st.success());
     assert_exactly_once(&url, n, users).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_mid_run_loses_and_doubles_nothing() {
+    let mut server = RedisServer::start_with(support::RedisOptions {
+        appendonly: true,
+        extra: vec![("appendfsync".into(), "always".into())],
+    });
+    let url = server.url();
+    let dir = config(&url, 50);
+    let logs = TempDir::new("logs");
+    let (n, users) = (6_000, 6);
+    preload(&url, n, users).await;
+    let mut d = DaemonProcess::start(&dir.path, &url, "survivor", &logs.path);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!done(&url, n).await, "the restart must land mid-run");
+    // kill -9 Redis (AOF, fsync always: every acknowledged write survives), down ~1 s.
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    server.restart();
+    wait_until(
+        Duration::from_secs(120),
+        "all processed after the Redis restart",
+        || done(&url, n),
+    )
+    .await;
+    let (st, _) = d.terminate(Duration::from_secs(15));
+    assert!(st.success(), "{}", d.log_text());
+    assert_exactly_once(&url, n, users).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_valid_config_and_keeps_the_old_one_when_invalid() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = config(&url, 50);
+    let logs = TempDir::new("logs");
+    let d = DaemonProcess::start(&dir.path, &url, "reloader", &logs.path);
+    let redis = connect(&url).await;
+    wait_until(Duration::from_secs(20), "initial groups", || async {
+        astra_bus::bus::declare::groups_on(&redis, A)
+            .await
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    // Add a group that forwards A to a new stream C.
+    let c = "astra.test.c.v1";
+    let streams_path = dir.join("streams.toml");
+    let mut text = std::fs::read_to_string(&streams_path).unwrap();
+    text.push_str(&format!(
+        "\n[[stream]]\nname = \"{c}\"\ndescription = \"added\"\n"
+    ));
+    std::fs::write(&streams_path, text).unwrap();
+    let groups_path = dir.join("consumer-groups/test.toml");
+    let mut groups = std::fs::read_to_string(&groups_path).unwrap();
+    groups.push_str(&format!("\n[[group]]\nname = \"test.fwd_c\"\nhandler = \"builtin.forward\"\nreads = [\"{A}\"]\npublishes = [\"{c}\"]\n"));
+    std::fs::write(&groups_path, &groups).unwrap();
+    let hup = |pid: u32| {
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    hup(d.child.id());
+    preload(&url, 100, 2).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the new group processes",
+        || async { xlen(&redis, c).await == 100 },
+    )
+    .await;
+    // An invalid config is refused; the daemon keeps running the old one.
+    std::fs::write(
+        &groups_path,
+        groups.replace("builtin.forward", "builtin.nope"),
+    )
+    .unwrap();
+    hup(d.child.id());
+    wait_until(Duration::from_secs(10), "the refusal logged", || async {
+        d.log_text()
+            .contains("SIGHUP: invalid configuration, keeping the old one")
+    })
+    .await;
+    assert!(d.log_text().contains("unknown handler \"builtin.nope\""));
+    preload(&url, 100, 2).await;
+    wait_until(Duration::from_secs(30), "still processing", || async {
+        xlen(&redis, c).await == 200
+    })
+    .await;
+    let mut d = d;
+    let (st, _) = d.terminate(Duration::from_secs(15));
+    assert!(st.success());
+}

@@ -200,3 +200,8 @@ pub fn streams_toml(streams: &[&str], extra_defaults: &str) -> String {
     }
     s
 }
+
+/// A group config for direct calls into the engine.
+pub fn test_group(name: &str) -> astra_bus::config::GroupConfig {
+    astra_bus::handlers::testing::group(name, "builtin.count_by_user", &[], "")
+}
