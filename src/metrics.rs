@@ -68,6 +68,8 @@ pub struct Metrics {
     pub nogroup_recoveries: Family<StreamGroup, Counter>,
     /// Reconnections to Redis.
     pub reconnects: Counter,
+    /// Hash-chain appends committed again because another appender moved the head.
+    pub chain_conflicts: Family<StreamGroup, Counter>,
     /// Handler decision time per event, all rounds.
     pub handler_seconds: HistogramFamily<GroupLabel>,
     /// Event `ts` to commit.
@@ -90,6 +92,7 @@ impl Metrics {
             lost: Family::default(),
             nogroup_recoveries: Family::default(),
             reconnects: Counter::default(),
+            chain_conflicts: Family::default(),
             handler_seconds: Family::new_with_constructor(latency_histogram),
             end_to_end_seconds: Family::new_with_constructor(latency_histogram),
             commit_batch_size: Family::new_with_constructor(batch_histogram),
@@ -132,6 +135,11 @@ impl Metrics {
             m.nogroup_recoveries.clone(),
         );
         registry.register("reconnects", "Reconnections to Redis", m.reconnects.clone());
+        registry.register(
+            "chain_conflicts",
+            "Hash-chain appends redone because another appender moved the head",
+            m.chain_conflicts.clone(),
+        );
         registry.register(
             "handler_duration_seconds",
             "Handler decision time per event",

@@ -1,6 +1,6 @@
 //! The commit script against a real redis-server: rounds are applied once and replayed from
 //! the marker, the final round publishes and acknowledges exactly once, key types are
-//! checked before anything is written, and the in-script SHA-256 matches the sha2 crate.
+//! checked before anything is written, and hash-chain appends link records with SHA-256.
 
 mod support;
 
@@ -253,7 +253,7 @@ async fn wrong_key_type_fails_before_anything_is_written() {
 }
 
 #[tokio::test]
-async fn chain_append_computes_sha256_in_the_script() {
+async fn chain_append_links_records_with_sha256() {
     let server = RedisServer::start();
     let lens = [0usize, 1, 55, 56, 63, 64, 65, 119, 120, 1000];
     let (redis, evs) = setup(&server, lens.len()).await;

@@ -299,7 +299,7 @@ async fn run_case(
     publish_all(&redis, &cfg, rest).await;
     if let Some(rng) = faults {
         // Kill one daemon mid-run, then restart it under the same name.
-        tokio::time::sleep(Duration::from_millis(rng.range(200, 1200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.range(30, 300))).await;
         assert!(!quiet(&redis, &cfg).await, "the kill must land mid-run");
         a.kill9();
         tokio::time::sleep(Duration::from_millis(rng.range(100, 1500))).await;
@@ -331,7 +331,7 @@ async fn run_case(
 async fn concurrent_and_crashing_daemons_end_in_the_sequential_state() {
     let mut rng = Rng::from_env();
     let base = now_ms() / 60_000 * 60_000;
-    let (first, rest) = sequence(&mut rng, 600, base);
+    let (first, rest) = sequence(&mut rng, 1500, base);
 
     let reference_server = RedisServer::start();
     let reference_dir = config_dir(&reference_server.url(), 1, 1);

@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use super::client::{BusError, Redis, Value, arg, as_array, as_bytes, as_int};
+use sha2::{Digest, Sha256};
+
+use super::client::{BusError, Redis, Value, arg, as_array, as_bytes, as_int, as_string};
 use super::script::Script;
 use crate::envelope::Envelope;
 use crate::handlers::{Op, Reply};
@@ -41,7 +43,24 @@ pub enum RoundOutcome {
     AlreadyDone,
     /// An op failed or a key had the wrong type: poison, with the reason.
     Failed(String),
+    /// A hash-chain head moved between reading it and committing (another appender won):
+    /// nothing was written; commit the round again.
+    Conflict,
 }
+
+/// One link of a hash chain: SHA-256(`prev_hex` ‖ `record`) as lowercase hex, where
+/// `prev_hex` is the previous link (`""` for the first record).
+pub fn chain_link(prev_hex: &str, record: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(prev_hex.as_bytes());
+    h.update(record);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Serialises this process's hash-chain appends (read head → commit), so its own readers
+/// never conflict with each other; other processes are kept out by the script's
+/// compare-and-set on the head.
+static CHAIN_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Key of the de-duplication marker hash for `group` and an event occurred at `ts`.
 /// Bucketed by hour of the event's own timestamp so every copy of one event maps to the
@@ -76,6 +95,33 @@ pub async fn commit_round(
     dedup_ttl_secs: u64,
     items: &[RoundItem<'_>],
 ) -> Result<Vec<RoundOutcome>, BusError> {
+    let has_chain = items
+        .iter()
+        .any(|it| it.ops.iter().any(|o| o.cmd == "CHAINAPPEND"));
+    let _chain_guard = if has_chain {
+        Some(CHAIN_LOCK.lock().await)
+    } else {
+        None
+    };
+    // Current head of every chain appended to in this round (one pipelined read).
+    let mut heads: HashMap<String, String> = HashMap::new();
+    if has_chain {
+        let mut names: Vec<String> = items
+            .iter()
+            .flat_map(|it| it.ops.iter())
+            .filter(|o| o.cmd == "CHAINAPPEND")
+            .map(|o| o.key.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        let cmds = names
+            .iter()
+            .map(|k| ("GET", vec![arg(k.as_str())]))
+            .collect();
+        for (k, r) in names.into_iter().zip(redis.pipeline(cmds).await?) {
+            heads.insert(k, as_string(&r?).unwrap_or_default());
+        }
+    }
     let mut keys = Keys::default();
     keys.idx(stream);
     let mut args: Vec<Value> = Vec::with_capacity(8 + items.len() * 16);
@@ -91,6 +137,28 @@ pub async fn commit_round(
         args.push(arg(it.ops.len() as i64));
         args.push(arg(if it.is_final { it.emits.len() } else { 0 } as i64));
         for op in it.ops {
+            if op.cmd == "CHAINAPPEND" {
+                // Link computed here from the head as read; the script appends only if the
+                // head has not moved meanwhile.
+                let record = op.args.first().map(Vec::as_slice).unwrap_or_default();
+                let prev = heads.get(&op.key).cloned().unwrap_or_default();
+                let hash = chain_link(&prev, record);
+                let entry = rmp_serde::to_vec(&(
+                    prev.as_str(),
+                    hash.as_str(),
+                    serde_bytes::Bytes::new(record),
+                ))
+                .map_err(|e| BusError::protocol("chain entry", e.to_string()))?;
+                args.push(arg("CHAINCAS"));
+                args.push(arg(keys.idx(&op.key) as i64));
+                args.push(arg(op.key2.as_deref().map_or(0, |k| keys.idx(k)) as i64));
+                args.push(arg(3));
+                args.push(arg(prev.as_str()));
+                args.push(arg(hash.as_str()));
+                args.push(Value::Bytes(entry.into()));
+                heads.insert(op.key.clone(), hash);
+                continue;
+            }
             args.push(arg(op.cmd));
             args.push(arg(keys.idx(&op.key) as i64));
             args.push(arg(op.key2.as_deref().map_or(0, |k| keys.idx(k)) as i64));
@@ -143,6 +211,7 @@ fn parse_row(row: Value) -> Result<RoundOutcome, BusError> {
         0 => RoundOutcome::Applied(replies(&payload)?),
         1 => RoundOutcome::Replayed(replies(&payload)?),
         2 => RoundOutcome::AlreadyDone,
+        5 => RoundOutcome::Conflict,
         _ => RoundOutcome::Failed(String::from_utf8_lossy(&payload).into_owned()),
     })
 }

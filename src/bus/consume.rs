@@ -123,7 +123,12 @@ struct Work {
     ev: Event,
     rounds: Vec<Vec<Reply>>,
     handler_time: Duration,
+    /// Times this event's round lost a hash-chain race and was committed again.
+    conflicts: u32,
 }
+
+/// A round that keeps losing hash-chain races this often is left pending (reclaimed later).
+const MAX_CHAIN_CONFLICTS: u32 = 100;
 
 /// Processes entries of `stream` for the group: decode, handle, commit, dead-letter.
 ///
@@ -179,6 +184,7 @@ pub async fn process_batch(
                     },
                     rounds: vec![],
                     handler_time: Duration::ZERO,
+                    conflicts: 0,
                 });
             }
             Err(reason) => dead.push(DeadLetter {
@@ -330,6 +336,19 @@ pub async fn process_batch(
                 }
                 RoundOutcome::Failed(reason) => {
                     dead.push(dl(&w, &mut raw_fields, deliveries, Reason::Failed, reason));
+                }
+                RoundOutcome::Conflict => {
+                    // Another appender moved a chain head: redo this round (nothing was
+                    // written), deciding again from the same recorded replies.
+                    let mut w = w;
+                    w.conflicts += 1;
+                    m.chain_conflicts.get_or_create(&labels).inc();
+                    if w.conflicts > MAX_CHAIN_CONFLICTS {
+                        tracing::warn!(group = %g.name, stream, entry = %w.ev.entry_id, "hash-chain contention: entry left pending");
+                        report.left_pending += 1;
+                    } else {
+                        next.push(w);
+                    }
                 }
             }
         }

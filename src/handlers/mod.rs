@@ -433,11 +433,12 @@ impl Op {
         Op::new("EXPIRE", key, vec![b(seconds)])
     }
     /// Appends `record` to the hash chain whose head hash lives at `head` and whose records
-    /// live in the list `log`, atomically: the script computes
-    /// `hash = SHA-256(prev_hash_hex ‖ record)` (prev is `""` for the first record), moves
-    /// the head, and RPUSHes the MessagePack array `[prev_hex, hash_hex, record]`.
-    /// Replies `[seq (1-based position), prev_hex, hash_hex]`. Because the link is computed
-    /// where the head is read, concurrent appenders can never fork the chain.
+    /// live in the list `log`: `hash = SHA-256(prev_hash_hex ‖ record)` (prev is `""` for
+    /// the first record), the head moves to `hash`, and the MessagePack array
+    /// `[prev_hex, hash_hex, record]` is RPUSHed. Replies `[seq (1-based position),
+    /// prev_hex, hash_hex]`. The runtime computes the link from the head it read and the
+    /// commit script appends only if the head has not moved since (otherwise the round is
+    /// committed again), so concurrent appenders can never fork the chain.
     pub fn chain_append(
         head: impl Into<String>,
         log: impl Into<String>,
