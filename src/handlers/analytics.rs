@@ -7,7 +7,8 @@ use std::sync::Arc;
 use serde::de::{self, Deserialize, Deserializer, SeqAccess, Visitor};
 
 use super::{
-    Constructor, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options, option,
+    Constructor, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options, non_empty,
+    option, poison,
 };
 use crate::config::GroupConfig;
 use crate::events::{
@@ -132,17 +133,6 @@ pub const REVENUE_FIELDS: &[(&str, &str)] = &[
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn poison(msg: impl Into<String>) -> HandlerError {
-    HandlerError::Poison(msg.into())
-}
-
-fn non_empty(field: &str, value: &str) -> Result<(), HandlerError> {
-    if value.trim().is_empty() {
-        return Err(poison(format!("field `{field}`: must not be empty")));
-    }
-    Ok(())
-}
 
 /// True for a plausible `YYYY-MM-DD`.
 fn is_day(s: &str) -> bool {

@@ -9,11 +9,11 @@
 use std::sync::Arc;
 
 use super::trading::{
-    duration_option, int_reply, non_empty, poison, require_publishes, round, unexpected_stream,
-    validate_trade,
+    duration_option, int_reply, require_publishes, round, unexpected_stream, validate_trade,
 };
 use super::{
-    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options, option,
+    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options,
+    non_empty, option, poison,
 };
 use crate::config::GroupConfig;
 use crate::events::{
@@ -459,6 +459,7 @@ impl Handler for Compliance {
 mod tests {
     use super::*;
     use crate::events::{Side, TradeExecuted};
+    use crate::handlers::testing::{args, done, more, poison_of};
     use crate::handlers::testing::{decode, event, event_at, group, int, json_event, text};
 
     const T0: i64 = 1_795_262_400_000; // 2026-11-21T12:00:00Z
@@ -492,34 +493,6 @@ mod tests {
             seller_id: "seller".into(),
             buyer_id: "buyer".into(),
             price_usd,
-        }
-    }
-
-    fn args(op: &Op) -> Vec<String> {
-        op.args()
-            .iter()
-            .map(|a| String::from_utf8(a.clone()).unwrap())
-            .collect()
-    }
-
-    fn more(s: Step) -> Vec<Op> {
-        match s {
-            Step::More(ops) => ops,
-            other => panic!("expected More, got {other:?}"),
-        }
-    }
-
-    fn done(s: Step) -> (Vec<Op>, Vec<Emit>) {
-        match s {
-            Step::Done { ops, emit } => (ops, emit),
-            other => panic!("expected Done, got {other:?}"),
-        }
-    }
-
-    fn poison_of(r: Result<Step, HandlerError>) -> String {
-        match r {
-            Err(HandlerError::Poison(m)) => m,
-            other => panic!("expected poison, got {other:?}"),
         }
     }
 

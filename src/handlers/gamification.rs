@@ -764,6 +764,7 @@ impl Handler for Achievements {
 mod tests {
     use super::*;
     use crate::events::Side;
+    use crate::handlers::testing::{args, done, more, poison_of as poison_reason};
     use crate::handlers::testing::{decode, event, event_at, group, int, json_event, text};
 
     fn trade(user: &str, quantity: f64, price_usd: f64) -> TradeExecuted {
@@ -794,34 +795,6 @@ mod tests {
             level: level_for_xp(total),
             reason: "trade".into(),
         }
-    }
-
-    fn poison_reason(r: Result<Step, HandlerError>) -> String {
-        match r {
-            Err(HandlerError::Poison(s)) => s,
-            other => panic!("expected poison, got {other:?}"),
-        }
-    }
-
-    fn more(s: Step) -> Vec<Op> {
-        match s {
-            Step::More(ops) => ops,
-            other => panic!("expected More, got {other:?}"),
-        }
-    }
-
-    fn done(s: Step) -> (Vec<Op>, Vec<Emit>) {
-        match s {
-            Step::Done { ops, emit } => (ops, emit),
-            other => panic!("expected Done, got {other:?}"),
-        }
-    }
-
-    fn args(op: &Op) -> Vec<String> {
-        op.args()
-            .iter()
-            .map(|a| String::from_utf8(a.clone()).unwrap())
-            .collect()
     }
 
     /// Unix ms of a UTC date at `hour`:00.

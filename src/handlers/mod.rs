@@ -592,6 +592,19 @@ pub fn names() -> Vec<&'static str> {
     Registry::builtin().names()
 }
 
+/// Poison (dead-letter now) with a reason.
+pub fn poison(msg: impl Into<String>) -> HandlerError {
+    HandlerError::Poison(msg.into())
+}
+
+/// Poison naming `field` when `value` is empty or blank.
+pub fn non_empty(field: &str, value: &str) -> Result<(), HandlerError> {
+    if value.trim().is_empty() {
+        return Err(poison(format!("field `{field}`: must not be empty")));
+    }
+    Ok(())
+}
+
 /// Reads a typed option from a group's `[group.options]`, falling back to `default`.
 pub fn option<T: serde::de::DeserializeOwned>(
     group: &GroupConfig,
@@ -698,6 +711,38 @@ pub mod testing {
     /// String reply.
     pub fn text(s: &str) -> Reply {
         Reply::Bytes(s.as_bytes().to_vec())
+    }
+
+    /// The ops of a `Step::More` (panics otherwise).
+    pub fn more(s: Step) -> Vec<Op> {
+        match s {
+            Step::More(ops) => ops,
+            other => panic!("expected More, got {other:?}"),
+        }
+    }
+
+    /// The ops and emits of a `Step::Done` (panics otherwise).
+    pub fn done(s: Step) -> (Vec<Op>, Vec<Emit>) {
+        match s {
+            Step::Done { ops, emit } => (ops, emit),
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    /// The reason of a poison result (panics otherwise).
+    pub fn poison_of(r: Result<Step, HandlerError>) -> String {
+        match r {
+            Err(HandlerError::Poison(m)) => m,
+            other => panic!("expected poison, got {other:?}"),
+        }
+    }
+
+    /// An op's arguments as text.
+    pub fn args(op: &Op) -> Vec<String> {
+        op.args()
+            .iter()
+            .map(|a| String::from_utf8(a.clone()).unwrap())
+            .collect()
     }
 }
 

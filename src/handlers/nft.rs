@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options, option,
+    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options,
+    non_empty, option, poison,
 };
 use crate::config::GroupConfig;
 use crate::events::{
@@ -75,17 +76,6 @@ pub fn parse_sale_member(member: &str) -> Option<(i64, &str)> {
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-fn poison(msg: impl Into<String>) -> HandlerError {
-    HandlerError::Poison(msg.into())
-}
-
-fn non_empty(field: &str, value: &str) -> Result<(), HandlerError> {
-    if value.trim().is_empty() {
-        return Err(poison(format!("field `{field}`: must not be empty")));
-    }
-    Ok(())
-}
 
 /// The integer reply `i` of round `round`; anything else breaks the handler's invariant.
 fn reply_int(

@@ -449,35 +449,8 @@ impl Handler for Influence {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handlers::testing::{args, done, more, poison_of as poison_reason};
     use crate::handlers::testing::{decode, event, event_at, group, json_event, text};
-
-    fn poison_reason(r: Result<Step, HandlerError>) -> String {
-        match r {
-            Err(HandlerError::Poison(s)) => s,
-            other => panic!("expected poison, got {other:?}"),
-        }
-    }
-
-    fn more(s: Step) -> Vec<Op> {
-        match s {
-            Step::More(ops) => ops,
-            other => panic!("expected More, got {other:?}"),
-        }
-    }
-
-    fn done(s: Step) -> (Vec<Op>, Vec<Emit>) {
-        match s {
-            Step::Done { ops, emit } => (ops, emit),
-            other => panic!("expected Done, got {other:?}"),
-        }
-    }
-
-    fn args(op: &Op) -> Vec<String> {
-        op.args()
-            .iter()
-            .map(|a| String::from_utf8(a.clone()).unwrap())
-            .collect()
-    }
 
     fn trade(user: &str, side: Side, quantity: f64, price_usd: f64) -> TradeExecuted {
         TradeExecuted {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options, option,
+    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options,
+    non_empty, option, poison,
 };
 use crate::config::GroupConfig;
 use crate::events::{
@@ -175,19 +176,6 @@ pub fn validate_trade(ev: &Event) -> Result<ValidTrade, HandlerError> {
 // ---------------------------------------------------------------------------------------
 // Small helpers shared with `financial.rs` (candidates for `handlers/mod.rs`)
 // ---------------------------------------------------------------------------------------
-
-/// A poison error (the entry is dead-lettered with this reason).
-pub(super) fn poison(msg: String) -> HandlerError {
-    HandlerError::Poison(msg)
-}
-
-/// Poison naming `field` when `v` is empty or blank.
-pub(super) fn non_empty(field: &str, v: &str) -> Result<(), HandlerError> {
-    if v.trim().is_empty() {
-        return Err(poison(format!("field `{field}`: must not be empty")));
-    }
-    Ok(())
-}
 
 /// Poison for an event on a stream the group does not read.
 pub(super) fn unexpected_stream(ev: &Event, expected: &[&str]) -> HandlerError {
@@ -473,6 +461,7 @@ fn parse_window(reply: &Reply, key: &str) -> Result<Vec<(i64, i64)>, HandlerErro
 mod tests {
     use super::*;
     use crate::events::SubscriptionChanged;
+    use crate::handlers::testing::{args, done, more, poison_of};
     use crate::handlers::testing::{decode, event, event_at, group, int, json_event, text};
 
     const T0: i64 = 1_795_262_400_000;
@@ -507,34 +496,6 @@ mod tests {
             &[streams::RISK_ALERT],
             options,
         ))
-    }
-
-    fn args(op: &Op) -> Vec<String> {
-        op.args()
-            .iter()
-            .map(|a| String::from_utf8(a.clone()).unwrap())
-            .collect()
-    }
-
-    fn more(s: Step) -> Vec<Op> {
-        match s {
-            Step::More(ops) => ops,
-            other => panic!("expected More, got {other:?}"),
-        }
-    }
-
-    fn done(s: Step) -> (Vec<Op>, Vec<Emit>) {
-        match s {
-            Step::Done { ops, emit } => (ops, emit),
-            other => panic!("expected Done, got {other:?}"),
-        }
-    }
-
-    fn poison_of(r: Result<Step, HandlerError>) -> String {
-        match r {
-            Err(HandlerError::Poison(m)) => m,
-            other => panic!("expected poison, got {other:?}"),
-        }
     }
 
     // ----- validation -----

@@ -4,8 +4,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::gamification::level_for_xp;
 use super::{
     Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options,
+    non_empty, poison,
 };
 use crate::config::GroupConfig;
 use crate::events::{
@@ -59,33 +61,11 @@ pub const PROFILE_FIELDS: &[&str] = &[
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-fn poison(msg: impl Into<String>) -> HandlerError {
-    HandlerError::Poison(msg.into())
-}
-
-fn non_empty(field: &str, value: &str) -> Result<(), HandlerError> {
-    if value.trim().is_empty() {
-        return Err(poison(format!("field `{field}`: must not be empty")));
-    }
-    Ok(())
-}
-
 fn unexpected_stream(ev: &Event) -> HandlerError {
     poison(format!(
         "stream `{}` is not read by this handler",
         ev.stream
     ))
-}
-
-/// Level for an XP total: level `L` needs `100·(L−1)²` XP, so `L = ⌊√(xp/100)⌋ + 1`
-/// (integer math: `⌊√⌊x⌋⌋ = ⌊√x⌋`). Kept private to this module on purpose (the
-/// gamification module owns the public one).
-fn level_for_xp(xp: i64) -> u32 {
-    if xp < 100 {
-        return 1;
-    }
-    let l = (xp as u64 / 100).isqrt() + 1;
-    u32::try_from(l).unwrap_or(u32::MAX)
 }
 
 // ---------------------------------------------------------------------------------------
