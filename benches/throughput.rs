@@ -26,17 +26,6 @@ use support::{DaemonProcess, RedisServer, TempDir, write_config};
 const IN: &str = "astra.bench.in.v1";
 const OUT: &str = "astra.bench.out.v1";
 
-fn redis_cpu(server: &RedisServer) -> f64 {
-    let info = server.cli(&["INFO", "cpu"]);
-    let get = |k: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}:")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    get("used_cpu_user") + get("used_cpu_sys")
-}
-
 async fn preload(redis: &Redis, n: usize, users: usize) {
     let mut batch = Vec::with_capacity(1000);
     for i in 0..n {
@@ -86,7 +75,7 @@ async fn raw_baseline(server: &RedisServer, n: usize) -> (f64, f64) {
         .await
         .unwrap();
     preload(&redis, n, 100).await;
-    let cpu0 = redis_cpu(server);
+    let cpu0 = server.cpu_seconds();
     let start = Instant::now();
     let mut tasks = vec![];
     for c in 0..4 {
@@ -138,7 +127,7 @@ async fn raw_baseline(server: &RedisServer, n: usize) -> (f64, f64) {
         t.await.unwrap();
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu = redis_cpu(server) - cpu0;
+    let cpu = server.cpu_seconds() - cpu0;
     assert_eq!(
         astra_bus::bus::client::as_int(&redis.cmd("XLEN", vec![arg(OUT)]).await.unwrap()),
         Some(n as i64)
@@ -208,7 +197,7 @@ async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f6
     let logs = TempDir::new("bench-logs");
     // Declare first so the group exists before the preload (start_id 0 reads it all anyway).
     preload(&redis, n, 100).await;
-    let cpu0 = redis_cpu(server);
+    let cpu0 = server.cpu_seconds();
     let start = Instant::now();
     let mut d = DaemonProcess::start(&dir.path, &server.url(), "bench", &logs.path);
     let mut rss: f64 = 0.0;
@@ -226,7 +215,7 @@ async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f6
         );
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu = redis_cpu(server) - cpu0;
+    let cpu = server.cpu_seconds() - cpu0;
     rss = rss.max(peak_rss_mb(d.child.id()));
     let (st, _) = d.terminate(Duration::from_secs(20));
     assert!(st.success());

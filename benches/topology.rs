@@ -17,17 +17,6 @@ use astra_bus::envelope::{ContentType, Envelope};
 use astra_bus::events::streams;
 use support::{DaemonProcess, RedisServer, TempDir, shipped_config_copy};
 
-fn redis_cpu(server: &RedisServer) -> f64 {
-    let info = server.cli(&["INFO", "cpu"]);
-    let get = |k: &str| {
-        info.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}:")))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    get("used_cpu_user") + get("used_cpu_sys")
-}
-
 async fn publish(redis: &Redis, stream: &str, payloads: Vec<serde_json::Value>) {
     let (domain, event, v) = astra_bus::config::parse_stream_name(stream).unwrap();
     let events: Vec<_> = payloads
@@ -87,7 +76,7 @@ fn main() {
                 .collect(),
         )
         .await;
-        let cpu0 = redis_cpu(&server);
+        let cpu0 = server.cpu_seconds();
         let start = Instant::now();
         let logs = TempDir::new("bench-logs");
         let mut d = DaemonProcess::start(&dir.path, &url, "bench", &logs.path);
@@ -100,7 +89,7 @@ fn main() {
             assert!(start.elapsed() < Duration::from_secs(1200), "did not drain:\n{}", d.log_text());
         }
         let secs = start.elapsed().as_secs_f64() - 0.05;
-        let cpu = redis_cpu(&server) - cpu0;
+        let cpu = server.cpu_seconds() - cpu0;
         let (st, _) = d.terminate(Duration::from_secs(20));
         assert!(st.success());
         let mut derived = 0i64;

@@ -163,6 +163,18 @@ impl RedisServer {
         }
     }
 
+    /// Redis's own CPU time so far (`INFO cpu`: user + sys), seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let info = self.cli(&["INFO", "cpu"]);
+        let get = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}:")))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        get("used_cpu_user") + get("used_cpu_sys")
+    }
+
     /// Runs `redis-cli` against this server and returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")
