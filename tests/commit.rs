@@ -309,3 +309,89 @@ async fn chain_append_links_records_with_sha256() {
         Some(lens.len() as i64)
     );
 }
+
+#[tokio::test]
+async fn the_same_event_twice_in_one_batch_applies_once() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 2).await;
+    // Two entries carrying the same event id (a publisher retried its XADD).
+    let (entry_a, env) = &evs[0];
+    let (entry_b, _) = &evs[1];
+    let ops = [Op::hincrby("astra:test:h", "u1", 1)];
+    let item = |entry: &'static str| RoundItem {
+        event_id: &env.id,
+        event_ts: env.ts,
+        entry_id: entry,
+        round: 0,
+        is_final: true,
+        ops: &ops,
+        emits: vec![(
+            OUT.to_string(),
+            env.derive(GROUP, 0, "test.out", 1, b"x".to_vec()),
+        )],
+    };
+    let a: &'static str = Box::leak(entry_a.clone().into_boxed_str());
+    let b: &'static str = Box::leak(entry_b.clone().into_boxed_str());
+    let r = commit_round(&redis, GROUP, STREAM, 60, &[item(a), item(b)])
+        .await
+        .unwrap();
+    assert_eq!(
+        r,
+        vec![
+            RoundOutcome::Applied(vec![Reply::Int(1)]),
+            RoundOutcome::AlreadyDone
+        ]
+    );
+    assert_eq!(
+        as_string(&get(&redis, "HGET", vec![arg("astra:test:h"), arg("u1")]).await).unwrap(),
+        "1"
+    );
+    assert_eq!(as_int(&get(&redis, "XLEN", vec![arg(OUT)]).await), Some(1));
+    assert_eq!(pending(&redis).await, 0, "both entries acknowledged");
+}
+
+#[tokio::test]
+async fn an_op_failing_mid_round_is_recorded_so_nothing_is_applied_twice() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 1).await;
+    redis
+        .cmd(
+            "HSET",
+            vec![arg("astra:test:h"), arg("text"), arg("not a number")],
+        )
+        .await
+        .unwrap();
+    let (entry, env) = &evs[0];
+    let ops = [
+        Op::hincrby("astra:test:h", "n", 5),
+        Op::hincrby("astra:test:h", "text", 1),
+    ];
+    let item = RoundItem {
+        event_id: &env.id,
+        event_ts: env.ts,
+        entry_id: entry,
+        round: 0,
+        is_final: false,
+        ops: &ops,
+        emits: vec![],
+    };
+    let r = commit_round(&redis, GROUP, STREAM, 60, std::slice::from_ref(&item))
+        .await
+        .unwrap();
+    match &r[0] {
+        RoundOutcome::Failed(reason) => assert!(
+            reason.contains("HINCRBY astra:test:h") && reason.contains("not an integer"),
+            "{reason}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // The first op was written; a redelivery replays the recorded round instead.
+    let again = commit_round(&redis, GROUP, STREAM, 60, &[item])
+        .await
+        .unwrap();
+    assert!(matches!(again[0], RoundOutcome::Replayed(_)), "{again:?}");
+    assert_eq!(
+        as_string(&get(&redis, "HGET", vec![arg("astra:test:h"), arg("n")]).await).unwrap(),
+        "5"
+    );
+}

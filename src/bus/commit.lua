@@ -48,7 +48,6 @@ local src = KEYS[1]
 local pos = 4
 local results = {}
 local acks = {}
-local touched = {}
 
 local function next_arg()
   local v = ARGV[pos]
@@ -56,12 +55,16 @@ local function next_arg()
   return v
 end
 
+-- Parse every event first, so markers can be read with one HMGET per bucket.
+local evs = {}
+local ids_by_dkey = {}
 for ev = 1, n_events do
-  local dkey = KEYS[tonumber(next_arg())]
-  local event_id = next_arg()
-  local entry_id = next_arg()
-  local round = tonumber(next_arg())
-  local final = next_arg() == '1'
+  local e = {}
+  e.dkey = KEYS[tonumber(next_arg())]
+  e.event_id = next_arg()
+  e.entry_id = next_arg()
+  e.round = tonumber(next_arg())
+  e.final = next_arg() == '1'
   local n_ops = tonumber(next_arg())
   local n_emits = tonumber(next_arg())
   local ops = {}
@@ -75,6 +78,7 @@ for ev = 1, n_events do
     op.args = args
     ops[i] = op
   end
+  e.ops = ops
   local emits = {}
   for i = 1, n_emits do
     local stream = KEYS[tonumber(next_arg())]
@@ -83,8 +87,51 @@ for ev = 1, n_events do
     for j = 1, nf * 2 do fields[j] = next_arg() end
     emits[i] = { stream = stream, fields = fields }
   end
+  e.emits = emits
+  evs[ev] = e
+  local ids = ids_by_dkey[e.dkey]
+  if not ids then ids = {}; ids_by_dkey[e.dkey] = ids end
+  ids[#ids + 1] = e.event_id
+end
 
-  local stored = redis.call('HGET', dkey, event_id)
+-- Markers: read once per bucket, kept current in `marker` as this call changes them
+-- (so a duplicate of an event later in the same batch sees the first one), written
+-- back once per bucket at the end.
+local marker = {}
+local dirty = {}
+for dkey, ids in pairs(ids_by_dkey) do
+  local m = {}
+  for i = 1, #ids, 1000 do
+    local vals = redis.call('HMGET', dkey, unpack(ids, i, math.min(i + 999, #ids)))
+    for j = 1, #vals do m[ids[i + j - 1]] = vals[j] end
+  end
+  marker[dkey] = m
+end
+local function set_marker(dkey, id, value)
+  marker[dkey][id] = value
+  local d = dirty[dkey]
+  if not d then d = {}; dirty[dkey] = d end
+  d[id] = value
+end
+
+-- Key types seen in this call: a key's type only changes from none to the type the op
+-- needs (ops of the wrong type are refused), or back to none by DEL.
+local types = {}
+local function key_type(k)
+  local t = types[k]
+  if not t then
+    t = redis.call('TYPE', k)['ok']
+    types[k] = t
+  end
+  return t
+end
+
+for ev = 1, n_events do
+  local e = evs[ev]
+  local dkey, event_id, entry_id, round, final = e.dkey, e.event_id, e.entry_id, e.round, e.final
+  local ops, emits = e.ops, e.emits
+  local n_ops, n_emits = #ops, #emits
+  local stored = marker[dkey][event_id]
   if stored == 'D' then
     results[ev] = { 2, '' }
     acks[#acks + 1] = entry_id
@@ -95,8 +142,7 @@ for ev = 1, n_events do
       results[ev] = { 1, cmsgpack.pack(rounds[round + 1]) }
       if final then
         -- Completed by an earlier call whose acknowledgement was lost: mark done.
-        redis.call('HSET', dkey, event_id, 'D')
-        touched[dkey] = true
+        set_marker(dkey, event_id, 'D')
         acks[#acks + 1] = entry_id
       end
     elseif #rounds < round then
@@ -112,12 +158,12 @@ for ev = 1, n_events do
         if need == nil then
           bad = 'command ' .. op.cmd .. ' is not allowed'
         elseif need ~= 'any' then
-          local t = redis.call('TYPE', op.key)['ok']
+          local t = key_type(op.key)
           if t ~= 'none' and t ~= need then
             bad = op.cmd .. ' needs a ' .. need .. ' at ' .. op.key .. ' but it holds a ' .. t
           end
           if op.key2 then
-            local t2 = redis.call('TYPE', op.key2)['ok']
+            local t2 = key_type(op.key2)
             if t2 ~= 'none' and t2 ~= 'list' then
               bad = op.cmd .. ' needs a list at ' .. op.key2 .. ' but it holds a ' .. t2
             end
@@ -141,6 +187,8 @@ for ev = 1, n_events do
           if op.cmd == 'CHAINCAS' then
             redis.call('SET', op.key, op.args[2])
             local seq = redis.call('RPUSH', op.key2, op.args[3])
+            types[op.key] = 'string'
+            types[op.key2] = 'list'
             r = { seq, op.args[1], op.args[2] }
           else
             r = redis.pcall(op.cmd, op.key, unpack(op.args))
@@ -150,6 +198,12 @@ for ev = 1, n_events do
             elseif type(r) == 'table' and r['ok'] then
               r = r['ok']
             end
+            local need = NEEDS[op.cmd]
+            if op.cmd == 'DEL' then
+              types[op.key] = nil
+            elseif need ~= 'any' and not failed then
+              types[op.key] = need
+            end
           end
           replies[i] = r
           if failed then break end
@@ -158,21 +212,19 @@ for ev = 1, n_events do
           -- Earlier ops of this round may have been written: record the round as done
           -- so a redelivery never applies them twice; the event is dead-lettered.
           rounds[#rounds + 1] = replies
-          redis.call('HSET', dkey, event_id, cmsgpack.pack(rounds))
-          touched[dkey] = true
+          set_marker(dkey, event_id, cmsgpack.pack(rounds))
           results[ev] = { 3, failed }
         else
           if final then
             for i = 1, n_emits do
               redis.call('XADD', emits[i].stream, '*', unpack(emits[i].fields))
             end
-            redis.call('HSET', dkey, event_id, 'D')
+            set_marker(dkey, event_id, 'D')
             acks[#acks + 1] = entry_id
           else
             rounds[#rounds + 1] = replies
-            redis.call('HSET', dkey, event_id, cmsgpack.pack(rounds))
+            set_marker(dkey, event_id, cmsgpack.pack(rounds))
           end
-          touched[dkey] = true
           results[ev] = { 0, cmsgpack.pack(replies) }
         end
       end
@@ -180,8 +232,17 @@ for ev = 1, n_events do
   end
 end
 
-for k, _ in pairs(touched) do
-  redis.call('EXPIRE', k, ttl)
+-- Write the markers back, one HSET per bucket, and keep each bucket alive `ttl`.
+for dkey, d in pairs(dirty) do
+  local args = {}
+  for id, v in pairs(d) do
+    args[#args + 1] = id
+    args[#args + 1] = v
+  end
+  for i = 1, #args, 1000 do
+    redis.call('HSET', dkey, unpack(args, i, math.min(i + 999, #args)))
+  end
+  redis.call('EXPIRE', dkey, ttl)
 end
 -- One XACK per batch (chunked: Lua's unpack has a stack limit).
 for i = 1, #acks, 1000 do
