@@ -94,6 +94,12 @@ struct RawStreamsFile {
     /// Daemon-wide settings.
     #[serde(default)]
     daemon: RawDaemon,
+    /// The daemon's HTTP listener (`/metrics`, `/health`).
+    #[serde(default)]
+    http: RawHttp,
+    /// Metrics collection.
+    #[serde(default)]
+    metrics: RawMetrics,
     /// The stream catalog.
     #[serde(default)]
     stream: Vec<RawStream>,
@@ -149,6 +155,22 @@ struct RawDaemon {
     consumer_idle_limit: Option<Spanned<String>>,
     /// How long a processed event id is remembered for de-duplication.
     dedup_ttl: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    /// Serve HTTP at all.
+    enabled: Option<bool>,
+    /// `host:port` to listen on. Overridden by `ASTRA_HTTP_LISTEN`.
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    /// How often stream and group health is read from Redis (one pipelined round).
+    refresh_interval: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -223,6 +245,10 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Daemon-wide settings.
     pub daemon: DaemonConfig,
+    /// HTTP listener.
+    pub http: HttpConfig,
+    /// Metrics collection.
+    pub metrics: MetricsConfig,
     /// The stream catalog, in file order.
     pub streams: Vec<StreamConfig>,
     /// Every consumer group, resolved against the defaults, ordered by file then position.
@@ -256,6 +282,22 @@ pub struct DaemonConfig {
     pub consumer_idle_limit: Duration,
     /// How long processed event ids are remembered.
     pub dedup_ttl: Duration,
+}
+
+/// The daemon's HTTP listener.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Serve HTTP.
+    pub enabled: bool,
+    /// Address to listen on.
+    pub listen: std::net::SocketAddr,
+}
+
+/// Metrics collection.
+#[derive(Debug, Clone)]
+pub struct MetricsConfig {
+    /// How often health is read from Redis.
+    pub refresh_interval: Duration,
 }
 
 /// One declared stream.
@@ -394,6 +436,16 @@ impl Config {
         }
         if let Some(i) = env("ASTRA_INSTANCE").filter(|s| !s.is_empty()) {
             cfg.daemon.instance = i;
+        }
+        if let Some(l) = env("ASTRA_HTTP_LISTEN").filter(|s| !s.is_empty()) {
+            cfg.http.listen = l.parse().map_err(|e| {
+                ConfigError::Invalid(vec![Diagnostic {
+                    file: "ASTRA_HTTP_LISTEN".into(),
+                    line: 1,
+                    col: 1,
+                    message: format!("{l:?} is not host:port ({e})"),
+                }])
+            })?;
         }
         Ok(cfg)
     }
@@ -834,6 +886,38 @@ impl Validator {
                 .unwrap_or(day),
         };
 
+        let listen = match &raw.http.listen {
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], 8000)),
+            Some(l) => match l.get_ref().parse() {
+                Ok(a) => a,
+                Err(e) => {
+                    self.at(
+                        sfile,
+                        stext,
+                        l.span(),
+                        format!("http.listen: {:?} is not host:port ({e})", l.get_ref()),
+                    );
+                    std::net::SocketAddr::from(([127, 0, 0, 1], 8000))
+                }
+            },
+        };
+        let http = HttpConfig {
+            enabled: raw.http.enabled.unwrap_or(true),
+            listen,
+        };
+        let metrics = MetricsConfig {
+            refresh_interval: self
+                .dur(
+                    sfile,
+                    stext,
+                    "metrics.refresh_interval",
+                    &raw.metrics.refresh_interval,
+                    ms(100),
+                    Duration::from_secs(3600),
+                )
+                .unwrap_or(Duration::from_secs(5)),
+        };
+
         // Streams.
         let mut streams: Vec<StreamConfig> = vec![];
         let mut seen: HashMap<String, usize> = HashMap::new();
@@ -1081,6 +1165,8 @@ impl Validator {
             },
             retention: RetentionConfig { interval },
             daemon,
+            http,
+            metrics,
             streams,
             groups,
         }

@@ -27,6 +27,30 @@ pub enum RunError {
     /// Redis failed in a way retrying cannot fix.
     #[error(transparent)]
     Redis(#[from] BusError),
+    /// The HTTP listener could not bind.
+    #[error("http.listen {addr}: {source}")]
+    Http {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads stream and group health from Redis every `interval` (one pipelined round) into
+/// the metrics, so scrapes are served from memory.
+async fn health_loop(redis: Redis, config: Config, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+    loop {
+        match crate::bus::status::snapshot(&redis, &config).await {
+            Ok(snap) => metrics.record_health(&snap),
+            Err(e) => {
+                metrics.redis_up.set(0);
+                tracing::warn!(error = %e, "health refresh failed");
+            }
+        }
+        if !sleep_or_shutdown(config.metrics.refresh_interval, &mut shutdown).await {
+            break;
+        }
+    }
 }
 
 /// Connects to Redis, retrying with backoff until it answers or shutdown.
@@ -85,6 +109,17 @@ pub async fn run_with(
     for g in &config.groups {
         handlers.push(opts.registry.build(g).map_err(RunError::Handler)?);
     }
+    // Bind early: a taken port is a configuration error, reported before anything runs.
+    let listener = if config.http.enabled {
+        let addr = config.http.listen;
+        Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RunError::Http { addr, source })?,
+        )
+    } else {
+        None
+    };
     let Some(redis) = connect_with_retry(&config, &mut sd).await else {
         return Ok(());
     };
@@ -142,6 +177,22 @@ pub async fn run_with(
             ));
         }
     }
+    if let Some(listener) = listener {
+        tracing::info!(addr = %config.http.listen, "serving /metrics and /health");
+        let m = metrics.clone();
+        let sd2 = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::http::serve(listener, m, sd2).await {
+                tracing::error!(error = %e, "http listener failed");
+            }
+        });
+    }
+    tasks.spawn(health_loop(
+        redis.clone(),
+        config.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     tasks.spawn(retention_loop(
         redis.clone(),
         config.streams.clone(),

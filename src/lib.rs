@@ -11,6 +11,7 @@
 //!   the commit protocol, reclaiming, dead letters, publishing, retention, status.
 //! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
 //! - [`metrics`]: every exported metric, in one place.
+//! - [`http`]: the daemon's HTTP listener (`/metrics`, `/health`).
 //! - [`shutdown`]: the shutdown signal every loop listens to.
 //! - [`cli`]: the `astra-bus` command line.
 
@@ -21,6 +22,7 @@ pub mod daemon;
 pub mod envelope;
 pub mod events;
 pub mod handlers;
+pub mod http;
 pub mod metrics;
 pub mod shutdown;
 

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// Labels of per-(stream, group) counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -37,6 +39,9 @@ pub struct GroupLabel {
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A gauge holding fractional values.
+pub type FloatGauge = Gauge<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
     // 50µs .. ~52s.
@@ -76,6 +81,22 @@ pub struct Metrics {
     pub end_to_end_seconds: HistogramFamily<GroupLabel>,
     /// Events per commit script call.
     pub commit_batch_size: HistogramFamily<GroupLabel>,
+    /// Entries in each stream (read from Redis every `metrics.refresh_interval`).
+    pub stream_length: Family<StreamLabel, Gauge>,
+    /// Entries not yet delivered to the group.
+    pub group_lag: Family<StreamGroup, Gauge>,
+    /// 1 when Redis cannot tell the group's lag (after deletions mid-stream).
+    pub group_lag_unknown: Family<StreamGroup, Gauge>,
+    /// Entries delivered but not acknowledged.
+    pub group_pending: Family<StreamGroup, Gauge>,
+    /// Age of the group's oldest pending entry (0 when nothing is pending).
+    pub group_oldest_pending_age_seconds: Family<StreamGroup, FloatGauge>,
+    /// Consumers in the group.
+    pub group_consumers: Family<StreamGroup, Gauge>,
+    /// Entries of the group in its dead-letter stream.
+    pub group_dead_letters: Family<GroupLabel, Gauge>,
+    /// 1 when the last health refresh reached Redis, 0 otherwise.
+    pub redis_up: Gauge,
 }
 
 impl Metrics {
@@ -96,6 +117,14 @@ impl Metrics {
             handler_seconds: Family::new_with_constructor(latency_histogram),
             end_to_end_seconds: Family::new_with_constructor(latency_histogram),
             commit_batch_size: Family::new_with_constructor(batch_histogram),
+            stream_length: Family::default(),
+            group_lag: Family::default(),
+            group_lag_unknown: Family::default(),
+            group_pending: Family::default(),
+            group_oldest_pending_age_seconds: Family::default(),
+            group_consumers: Family::default(),
+            group_dead_letters: Family::default(),
+            redis_up: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -155,7 +184,76 @@ impl Metrics {
             "Events per commit script call",
             m.commit_batch_size.clone(),
         );
+        registry.register(
+            "stream_length",
+            "Entries in the stream",
+            m.stream_length.clone(),
+        );
+        registry.register(
+            "group_lag",
+            "Entries not yet delivered to the group",
+            m.group_lag.clone(),
+        );
+        registry.register(
+            "group_lag_unknown",
+            "1 when Redis cannot tell the group's lag",
+            m.group_lag_unknown.clone(),
+        );
+        registry.register(
+            "group_pending",
+            "Entries delivered to the group but not acknowledged",
+            m.group_pending.clone(),
+        );
+        registry.register(
+            "group_oldest_pending_age_seconds",
+            "Age of the group's oldest pending entry",
+            m.group_oldest_pending_age_seconds.clone(),
+        );
+        registry.register(
+            "group_consumers",
+            "Consumers in the group",
+            m.group_consumers.clone(),
+        );
+        registry.register(
+            "group_dead_letters",
+            "Entries of the group in its dead-letter stream",
+            m.group_dead_letters.clone(),
+        );
+        registry.register(
+            "redis_up",
+            "1 when the last health refresh reached Redis",
+            m.redis_up.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Records a health snapshot read from Redis.
+    pub fn record_health(&self, snap: &crate::bus::status::Snapshot) {
+        for (stream, len) in &snap.streams {
+            self.stream_length
+                .get_or_create(&StreamLabel {
+                    stream: stream.clone(),
+                })
+                .set(*len);
+        }
+        for g in &snap.groups {
+            let l = Self::sg(&g.stream, &g.group);
+            self.group_lag.get_or_create(&l).set(g.lag.unwrap_or(0));
+            self.group_lag_unknown
+                .get_or_create(&l)
+                .set(i64::from(g.lag.is_none()));
+            self.group_pending.get_or_create(&l).set(g.pending);
+            self.group_oldest_pending_age_seconds
+                .get_or_create(&l)
+                .set(g.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0);
+            self.group_consumers.get_or_create(&l).set(g.consumers);
+            self.group_dead_letters
+                .get_or_create(&GroupLabel {
+                    group: g.group.clone(),
+                })
+                .set(g.dead_letters);
+        }
+        self.redis_up.set(1);
     }
 
     /// Labels for a (stream, group) pair.

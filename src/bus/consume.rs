@@ -305,7 +305,18 @@ pub async fn process_batch(
             .iter()
             .map(|(_, s)| matches!(s, Step::Done { .. }))
             .collect();
-        for ((w, outcome), is_final) in keep.into_iter().zip(outcomes).zip(finals) {
+        for (((w, outcome), is_final), (_, step)) in
+            keep.into_iter().zip(outcomes).zip(finals).zip(&steps)
+        {
+            if let (RoundOutcome::Applied(_), Step::Done { emit, .. }) = (&outcome, step) {
+                for e in emit {
+                    m.published
+                        .get_or_create(&crate::metrics::StreamLabel {
+                            stream: e.stream.clone(),
+                        })
+                        .inc();
+                }
+            }
             match outcome {
                 RoundOutcome::Applied(replies) | RoundOutcome::Replayed(replies) => {
                     if is_final {

@@ -1,5 +1,5 @@
-//! What `astra-bus status` prints (and the HTTP edge's `/v1/groups`): per group and stream,
-//! read from Redis in two pipelined round trips.
+//! What `astra-bus status` prints and the health metrics export: per group and stream, read
+//! from Redis in one pipelined round trip.
 
 use std::collections::HashMap;
 
@@ -32,15 +32,36 @@ pub struct GroupStatus {
     pub dead_letters: i64,
 }
 
+/// Everything the health metrics and `status` need, read in one pipelined round trip.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Snapshot {
+    /// Per configured (group, stream).
+    pub groups: Vec<GroupStatus>,
+    /// Length of every declared stream.
+    pub streams: Vec<(String, i64)>,
+}
+
 /// Reads the status of every configured (group, stream).
 pub async fn status(redis: &Redis, cfg: &Config) -> Result<Vec<GroupStatus>, BusError> {
+    Ok(snapshot(redis, cfg).await?.groups)
+}
+
+/// One pipelined round: XLEN and XINFO GROUPS of every stream, XPENDING (summary) of every
+/// configured (group, stream), and the dead-letter counts.
+pub async fn snapshot(redis: &Redis, cfg: &Config) -> Result<Snapshot, BusError> {
     let readers = cfg.readers();
-    let streams: Vec<&str> = readers.keys().copied().collect();
     let mut cmds: Vec<(&'static str, Vec<Value>)> =
         vec![("HGETALL", vec![arg(DEAD_LETTER_COUNTS)])];
-    for s in &streams {
-        cmds.push(("XLEN", vec![arg(*s)]));
-        cmds.push(("XINFO", vec![arg("GROUPS"), arg(*s)]));
+    for s in &cfg.streams {
+        cmds.push(("XLEN", vec![arg(s.name.as_str())]));
+        cmds.push(("XINFO", vec![arg("GROUPS"), arg(s.name.as_str())]));
+    }
+    let pairs: Vec<(&str, &str)> = readers
+        .iter()
+        .flat_map(|(s, gs)| gs.iter().map(move |g| (*s, g.name.as_str())))
+        .collect();
+    for (s, g) in &pairs {
+        cmds.push(("XPENDING", vec![arg(*s), arg(*g)]));
     }
     let mut replies = redis.pipeline(cmds).await?.into_iter();
     let dlq: HashMap<String, i64> = replies
@@ -51,70 +72,50 @@ pub async fn status(redis: &Redis, cfg: &Config) -> Result<Vec<GroupStatus>, Bus
         .into_iter()
         .map(|(k, v)| (k, as_int(&v).unwrap_or(0)))
         .collect();
-    let mut out = vec![];
-    let mut need_pending: Vec<usize> = vec![];
-    for s in &streams {
-        let len = replies
-            .next()
-            .and_then(|r| r.ok())
-            .as_ref()
-            .and_then(as_int)
-            .unwrap_or(0);
-        let groups: HashMap<String, HashMap<String, Value>> = match replies.next() {
-            Some(Ok(v)) => as_array(v)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|g| {
-                    let m: HashMap<String, Value> = as_pairs(g).into_iter().collect();
-                    (m.get("name").and_then(as_string).unwrap_or_default(), m)
-                })
-                .collect(),
-            _ => HashMap::new(),
+    let mut lengths: HashMap<&str, i64> = HashMap::new();
+    let mut infos: HashMap<(&str, String), HashMap<String, Value>> = HashMap::new();
+    let mut out = Snapshot::default();
+    for s in &cfg.streams {
+        let len = match replies.next() {
+            Some(Ok(v)) => as_int(&v).unwrap_or(0),
+            Some(Err(e)) if e.is_transient() => return Err(e),
+            _ => 0,
         };
-        for g in &readers[s] {
-            let info = groups.get(&g.name);
-            let pending = info
-                .and_then(|i| i.get("pending"))
-                .and_then(as_int)
-                .unwrap_or(0);
-            if pending > 0 {
-                need_pending.push(out.len());
+        lengths.insert(s.name.as_str(), len);
+        out.streams.push((s.name.clone(), len));
+        if let Some(Ok(v)) = replies.next() {
+            for g in as_array(v).unwrap_or_default() {
+                let m: HashMap<String, Value> = as_pairs(g).into_iter().collect();
+                let name = m.get("name").and_then(as_string).unwrap_or_default();
+                infos.insert((s.name.as_str(), name), m);
             }
-            out.push(GroupStatus {
-                group: g.name.clone(),
-                stream: s.to_string(),
-                length: len,
-                lag: info.and_then(|i| i.get("lag")).and_then(as_int),
-                pending,
-                oldest_pending_age_ms: None,
-                consumers: info
-                    .and_then(|i| i.get("consumers"))
-                    .and_then(as_int)
-                    .unwrap_or(0),
-                exists: info.is_some(),
-                dead_letters: dlq.get(&g.name).copied().unwrap_or(0),
-            });
         }
     }
-    if !need_pending.is_empty() {
-        let cmds = need_pending
-            .iter()
-            .map(|i| {
-                (
-                    "XPENDING",
-                    vec![arg(out[*i].stream.as_str()), arg(out[*i].group.as_str())],
-                )
-            })
-            .collect();
-        for (i, r) in need_pending.iter().zip(redis.pipeline(cmds).await?) {
-            if let Some(min) = r
-                .ok()
-                .and_then(as_array)
-                .and_then(|a| a.get(1).and_then(as_string))
-            {
-                out[*i].oldest_pending_age_ms = Some(age_ms(&min));
-            }
-        }
+    for (s, g) in pairs {
+        let info = infos.get(&(s, g.to_string()));
+        let oldest = replies
+            .next()
+            .and_then(|r| r.ok())
+            .and_then(as_array)
+            .and_then(|a| a.get(1).and_then(as_string))
+            .map(|id| age_ms(&id));
+        out.groups.push(GroupStatus {
+            group: g.to_string(),
+            stream: s.to_string(),
+            length: lengths.get(s).copied().unwrap_or(0),
+            lag: info.and_then(|i| i.get("lag")).and_then(as_int),
+            pending: info
+                .and_then(|i| i.get("pending"))
+                .and_then(as_int)
+                .unwrap_or(0),
+            oldest_pending_age_ms: oldest,
+            consumers: info
+                .and_then(|i| i.get("consumers"))
+                .and_then(as_int)
+                .unwrap_or(0),
+            exists: info.is_some(),
+            dead_letters: dlq.get(g).copied().unwrap_or(0),
+        });
     }
     Ok(out)
 }

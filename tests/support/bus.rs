@@ -74,6 +74,8 @@ pub fn load(dir: &Path, url: &str, instance: &str, registry: &Registry) -> Confi
         move |k| match k {
             "ASTRA_REDIS_URL" => Some(url.clone()),
             "ASTRA_INSTANCE" => Some(instance.clone()),
+            // Tests run in parallel: every daemon gets its own ephemeral port.
+            "ASTRA_HTTP_LISTEN" => Some("127.0.0.1:0".into()),
             _ => None,
         },
         registry,

@@ -364,6 +364,7 @@ impl DaemonProcess {
             .arg(config_dir)
             .env("ASTRA_REDIS_URL", url)
             .env("ASTRA_INSTANCE", instance)
+            .env("ASTRA_HTTP_LISTEN", "127.0.0.1:0")
             .env("ASTRA_LOG", "info")
             .stdout(Stdio::null())
             .stderr(file)
