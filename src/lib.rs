@@ -10,6 +10,7 @@
 //! - [`bus`]: everything that talks to Redis: the client wrapper, declaration, consuming,
 //!   the commit protocol, reclaiming, dead letters, publishing, retention, status.
 //! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
+//! - [`kpi`]: business KPIs computed from the analytics counters in Redis.
 //! - [`metrics`]: every exported metric, in one place.
 //! - [`http`]: the daemon's HTTP listener (`/metrics`, `/health`).
 //! - [`shutdown`]: the shutdown signal every loop listens to.
@@ -23,6 +24,7 @@ pub mod envelope;
 pub mod events;
 pub mod handlers;
 pub mod http;
+pub mod kpi;
 pub mod metrics;
 pub mod shutdown;
 

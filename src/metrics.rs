@@ -1,5 +1,7 @@
-//! Every metric astra-bus exports, registered in this one place. Label sets are fixed
-//! (stream, group, outcome, reason): never ids, so cardinality is bounded by the topology.
+//! Every metric astra-bus exports, registered in this one place: the bus's own
+//! (`astra_bus_*`), the business KPIs (`astra_kpi_*`) and business counters
+//! (`astra_business_*`). Label sets are fixed (stream, group, reason, kpi, source): never
+//! ids, so cardinality is bounded by the topology.
 
 use std::sync::Arc;
 
@@ -30,6 +32,18 @@ pub struct DeadLetterLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StreamLabel {
     pub stream: String,
+}
+
+/// Labels of KPI gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KpiLabel {
+    pub kpi: String,
+}
+
+/// Labels of per-revenue-source metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
 }
 
 /// Labels of per-group histograms.
@@ -97,12 +111,35 @@ pub struct Metrics {
     pub group_dead_letters: Family<GroupLabel, Gauge>,
     /// 1 when the last health refresh reached Redis, 0 otherwise.
     pub redis_up: Gauge,
+    /// Business KPIs (see `kpi`), same value on every instance.
+    pub kpi_value: Family<KpiLabel, FloatGauge>,
+    /// The KPIs' targets.
+    pub kpi_target: Family<KpiLabel, FloatGauge>,
+    /// Today's revenue by source.
+    pub daily_revenue_by_source_usd: Family<SourceLabel, FloatGauge>,
+    /// All-time business counters, read from `astra:analytics:total`.
+    pub business: BusinessCounters,
+    /// Last totals seen, so counters advance by the difference.
+    last_totals: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
+}
+
+/// Monotonic business counters mirrored from the all-time totals in Redis.
+#[derive(Default)]
+pub struct BusinessCounters {
+    pub trades: Counter,
+    pub volume_usd: Counter<f64, AtomicU64>,
+    pub revenue_usd: Family<SourceLabel, Counter<f64, AtomicU64>>,
+    pub xp: Counter,
+    pub level_ups: Counter,
+    pub achievements: Counter,
+    pub rewards: Counter,
+    pub registrations: Counter,
 }
 
 impl Metrics {
     /// A fresh set of metrics with its own registry.
     pub fn new() -> Arc<Metrics> {
-        let mut registry = Registry::with_prefix("astra_bus");
+        let mut registry = Registry::default();
         let m = Metrics {
             consumed: Family::default(),
             acked: Family::default(),
@@ -125,105 +162,170 @@ impl Metrics {
             group_consumers: Family::default(),
             group_dead_letters: Family::default(),
             redis_up: Gauge::default(),
+            kpi_value: Family::default(),
+            kpi_target: Family::default(),
+            daily_revenue_by_source_usd: Family::default(),
+            business: BusinessCounters::default(),
+            last_totals: Default::default(),
             registry: Registry::default(),
         };
         registry.register(
-            "consumed",
+            "astra_bus_consumed",
             "Entries delivered to a handler",
             m.consumed.clone(),
         );
         registry.register(
-            "acked",
+            "astra_bus_acked",
             "Entries acknowledged after commit",
             m.acked.clone(),
         );
         registry.register(
-            "retried",
+            "astra_bus_retried",
             "Transient failures leaving an entry pending for retry",
             m.retried.clone(),
         );
         registry.register(
-            "dead_lettered",
+            "astra_bus_dead_lettered",
             "Entries moved to the dead-letter stream",
             m.dead_lettered.clone(),
         );
         registry.register(
-            "duplicates",
+            "astra_bus_duplicates",
             "Deliveries of events already applied (skipped)",
             m.duplicates.clone(),
         );
-        registry.register("published", "Events published", m.published.clone());
         registry.register(
-            "lost",
+            "astra_bus_published",
+            "Events published",
+            m.published.clone(),
+        );
+        registry.register(
+            "astra_bus_lost",
             "Pending entries whose body was trimmed before processing",
             m.lost.clone(),
         );
         registry.register(
-            "nogroup_recoveries",
+            "astra_bus_nogroup_recoveries",
             "Consumer groups re-created after NOGROUP",
             m.nogroup_recoveries.clone(),
         );
-        registry.register("reconnects", "Reconnections to Redis", m.reconnects.clone());
         registry.register(
-            "chain_conflicts",
+            "astra_bus_reconnects",
+            "Reconnections to Redis",
+            m.reconnects.clone(),
+        );
+        registry.register(
+            "astra_bus_chain_conflicts",
             "Hash-chain appends redone because another appender moved the head",
             m.chain_conflicts.clone(),
         );
         registry.register(
-            "handler_duration_seconds",
+            "astra_bus_handler_duration_seconds",
             "Handler decision time per event",
             m.handler_seconds.clone(),
         );
         registry.register(
-            "end_to_end_latency_seconds",
+            "astra_bus_end_to_end_latency_seconds",
             "From the event's ts to the commit of its effects",
             m.end_to_end_seconds.clone(),
         );
         registry.register(
-            "commit_batch_size",
+            "astra_bus_commit_batch_size",
             "Events per commit script call",
             m.commit_batch_size.clone(),
         );
         registry.register(
-            "stream_length",
+            "astra_bus_stream_length",
             "Entries in the stream",
             m.stream_length.clone(),
         );
         registry.register(
-            "group_lag",
+            "astra_bus_group_lag",
             "Entries not yet delivered to the group",
             m.group_lag.clone(),
         );
         registry.register(
-            "group_lag_unknown",
+            "astra_bus_group_lag_unknown",
             "1 when Redis cannot tell the group's lag",
             m.group_lag_unknown.clone(),
         );
         registry.register(
-            "group_pending",
+            "astra_bus_group_pending",
             "Entries delivered to the group but not acknowledged",
             m.group_pending.clone(),
         );
         registry.register(
-            "group_oldest_pending_age_seconds",
+            "astra_bus_group_oldest_pending_age_seconds",
             "Age of the group's oldest pending entry",
             m.group_oldest_pending_age_seconds.clone(),
         );
         registry.register(
-            "group_consumers",
+            "astra_bus_group_consumers",
             "Consumers in the group",
             m.group_consumers.clone(),
         );
         registry.register(
-            "group_dead_letters",
+            "astra_bus_group_dead_letters",
             "Entries of the group in its dead-letter stream",
             m.group_dead_letters.clone(),
         );
         registry.register(
-            "redis_up",
+            "astra_bus_redis_up",
             "1 when the last health refresh reached Redis",
             m.redis_up.clone(),
         );
+        // Business KPIs and counters: `astra_kpi_*`, `astra_business_*`.
+        registry.register(
+            "astra_kpi_value",
+            "Business KPI (same on every instance)",
+            m.kpi_value.clone(),
+        );
+        registry.register(
+            "astra_kpi_target",
+            "Target of the business KPI",
+            m.kpi_target.clone(),
+        );
+        registry.register(
+            "astra_kpi_daily_revenue_by_source_usd",
+            "Today's revenue by source (UTC day)",
+            m.daily_revenue_by_source_usd.clone(),
+        );
+        let b = &m.business;
+        registry.register("astra_business_trades", "Trades executed", b.trades.clone());
+        registry.register(
+            "astra_business_volume_usd",
+            "Traded notional, USD",
+            b.volume_usd.clone(),
+        );
+        registry.register(
+            "astra_business_revenue_usd",
+            "Revenue by source, USD",
+            b.revenue_usd.clone(),
+        );
+        registry.register("astra_business_xp", "XP awarded", b.xp.clone());
+        registry.register("astra_business_level_ups", "Level-ups", b.level_ups.clone());
+        registry.register(
+            "astra_business_achievements",
+            "Achievements unlocked",
+            b.achievements.clone(),
+        );
+        registry.register(
+            "astra_business_rewards",
+            "NFT rewards issued",
+            b.rewards.clone(),
+        );
+        registry.register(
+            "astra_business_registrations",
+            "Users registered",
+            b.registrations.clone(),
+        );
+        for (kpi, target) in crate::kpi::TARGETS {
+            m.kpi_target
+                .get_or_create(&KpiLabel {
+                    kpi: kpi.to_string(),
+                })
+                .set(target);
+        }
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -253,7 +355,53 @@ impl Metrics {
                 })
                 .set(g.dead_letters);
         }
+        let kpis = crate::kpi::compute(&snap.kpi);
+        for (kpi, v) in &kpis.values {
+            self.kpi_value
+                .get_or_create(&KpiLabel {
+                    kpi: kpi.to_string(),
+                })
+                .set(*v);
+        }
+        for (source, v) in &kpis.revenue_by_source_usd {
+            self.daily_revenue_by_source_usd
+                .get_or_create(&SourceLabel {
+                    source: source.to_string(),
+                })
+                .set(*v);
+        }
+        self.advance_business(&snap.totals);
         self.redis_up.set(1);
+    }
+
+    /// Advances the business counters to the all-time totals read from Redis (by the
+    /// difference since the last refresh; a total that went down, e.g. after Redis lost
+    /// data, is remembered but never decrements a counter).
+    fn advance_business(&self, totals: &std::collections::BTreeMap<String, i64>) {
+        use crate::handlers::analytics::field;
+        let mut last = self.last_totals.lock().expect("totals lock");
+        let mut delta = |f: &str| -> i64 {
+            let now = totals.get(f).copied().unwrap_or(0);
+            let before = last.insert(f.to_string(), now).unwrap_or(0);
+            (now - before).max(0)
+        };
+        let b = &self.business;
+        b.trades.inc_by(delta(field::TRADES) as u64);
+        b.volume_usd
+            .inc_by(delta(field::VOLUME_CENTS) as f64 / 100.0);
+        for source in crate::kpi::SOURCES {
+            let d = delta(&format!("revenue_cents:{source}"));
+            b.revenue_usd
+                .get_or_create(&SourceLabel {
+                    source: source.to_string(),
+                })
+                .inc_by(d as f64 / 100.0);
+        }
+        b.xp.inc_by(delta(field::XP) as u64);
+        b.level_ups.inc_by(delta(field::LEVEL_UPS) as u64);
+        b.achievements.inc_by(delta(field::ACHIEVEMENTS) as u64);
+        b.rewards.inc_by(delta(field::REWARDS) as u64);
+        b.registrations.inc_by(delta(field::REGISTRATIONS) as u64);
     }
 
     /// Labels for a (stream, group) pair.

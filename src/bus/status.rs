@@ -39,6 +39,10 @@ pub struct Snapshot {
     pub groups: Vec<GroupStatus>,
     /// Length of every declared stream.
     pub streams: Vec<(String, i64)>,
+    /// What the business KPIs are computed from (today, UTC).
+    pub kpi: crate::kpi::Inputs,
+    /// All-time business totals (`astra:analytics:total`).
+    pub totals: std::collections::BTreeMap<String, i64>,
 }
 
 /// Reads the status of every configured (group, stream).
@@ -63,6 +67,18 @@ pub async fn snapshot(redis: &Redis, cfg: &Config) -> Result<Snapshot, BusError>
     for (s, g) in &pairs {
         cmds.push(("XPENDING", vec![arg(*s), arg(*g)]));
     }
+    // KPI inputs: today's counters and active users, the last complete minute's trades,
+    // and the all-time totals.
+    use crate::handlers::analytics as an;
+    let now = crate::envelope::now_ms();
+    let today = crate::handlers::utc_day(now);
+    cmds.push(("HGETALL", vec![arg(an::day_key(&today))]));
+    cmds.push(("PFCOUNT", vec![arg(an::dau_key(&today))]));
+    cmds.push((
+        "GET",
+        vec![arg(an::trades_minute_key(an::unix_minute(now) - 1))],
+    ));
+    cmds.push(("HGETALL", vec![arg(an::total_key())]));
     let mut replies = redis.pipeline(cmds).await?.into_iter();
     let dlq: HashMap<String, i64> = replies
         .next()
@@ -117,5 +133,27 @@ pub async fn snapshot(redis: &Redis, cfg: &Config) -> Result<Snapshot, BusError>
             dead_letters: dlq.get(g).copied().unwrap_or(0),
         });
     }
+    let ints = |v: Option<Result<Value, BusError>>| -> std::collections::BTreeMap<String, i64> {
+        v.and_then(|r| r.ok())
+            .map(as_pairs)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, as_int(&v).unwrap_or(0)))
+            .collect()
+    };
+    out.kpi.day = ints(replies.next());
+    out.kpi.dau = replies
+        .next()
+        .and_then(|r| r.ok())
+        .as_ref()
+        .and_then(as_int)
+        .unwrap_or(0);
+    out.kpi.trades_last_minute = replies
+        .next()
+        .and_then(|r| r.ok())
+        .as_ref()
+        .and_then(as_int)
+        .unwrap_or(0);
+    out.totals = ints(replies.next());
     Ok(out)
 }

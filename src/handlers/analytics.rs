@@ -40,6 +40,12 @@ pub fn dau_key(day: &str) -> String {
     format!("astra:analytics:dau:{day}")
 }
 
+/// `astra:analytics:total`: all-time totals with the same fields as [`day_key`] (never
+/// expires); the metrics refresh exports them as monotonic business counters.
+pub fn total_key() -> String {
+    "astra:analytics:total".to_string()
+}
+
 /// `astra:analytics:trades:min:<unix_minute>`: number of trades that occurred in that
 /// minute (`unix_minute` = `ts_ms` div 60 000, see [`unix_minute`]). Expires
 /// [`TRADES_MINUTE_TTL_SECS`] after its last write. Trades per second = the last complete
@@ -216,6 +222,8 @@ struct Plan {
     ttl_secs: i64,
     ops: Vec<Op>,
     expire: Vec<(String, i64)>,
+    /// (field, delta) also added to the all-time totals.
+    totals: Vec<(String, i64)>,
 }
 
 impl Plan {
@@ -232,6 +240,7 @@ impl Plan {
         let key = day_key(day);
         self.ops.push(Op::hincrby(&key, field, by));
         self.touch(key, self.ttl_secs);
+        self.totals.push((field.to_string(), by));
     }
 
     fn active(&mut self, day: &str, users: &[&str]) {
@@ -259,6 +268,9 @@ impl Plan {
         for (k, ttl) in self.expire {
             self.ops.push(Op::expire(k, ttl));
         }
+        for (field, by) in self.totals {
+            self.ops.push(Op::hincrby(total_key(), field, by));
+        }
         Step::Done {
             ops: self.ops,
             emit: vec![],
@@ -283,6 +295,7 @@ impl Handler for MetricsCollection {
             ttl_secs: self.ttl_secs,
             ops: vec![],
             expire: vec![],
+            totals: vec![],
         };
         match ev.stream.as_str() {
             streams::TRADE_EXECUTED => {
@@ -711,7 +724,9 @@ mod tests {
             panic!("expected Done, got {step:?}")
         };
         assert!(emit.is_empty());
+        // The all-time totals mirror the day hash; `totals_mirror_the_day_counters` checks them.
         ops.iter()
+            .filter(|o| o.key() != total_key())
             .map(|o| {
                 (
                     o.cmd(),
@@ -749,6 +764,41 @@ mod tests {
             price_usd: price,
             fee_usd: None,
         }
+    }
+
+    #[test]
+    fn totals_mirror_the_day_counters() {
+        let h = metrics("");
+        let ev = event_at(streams::TRADE_EXECUTED, &trade(0.5, 101.01), T);
+        let Step::Done { ops, .. } = h.step(&ev, &[]).unwrap() else {
+            panic!()
+        };
+        let totals: Vec<(String, Vec<String>)> = ops
+            .iter()
+            .filter(|o| o.key() == total_key())
+            .map(|o| {
+                (
+                    o.cmd().to_string(),
+                    o.args()
+                        .iter()
+                        .map(|a| String::from_utf8(a.clone()).unwrap())
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            totals,
+            vec![
+                (
+                    "HINCRBY".to_string(),
+                    vec!["trades".to_string(), "1".to_string()]
+                ),
+                (
+                    "HINCRBY".to_string(),
+                    vec!["volume_cents".to_string(), "5051".to_string()]
+                ),
+            ]
+        );
     }
 
     #[test]
