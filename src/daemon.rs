@@ -168,6 +168,7 @@ pub async fn run_with(
             publishes: g.publishes.iter().cloned().collect::<HashSet<_>>(),
         });
         for s in &g.reads {
+            metrics.init_series(s, &g.name);
             tasks.spawn(read_loop(ctx.clone(), s.clone(), shutdown.clone()));
             tasks.spawn(reclaim_loop(
                 ctx.clone(),

@@ -404,6 +404,36 @@ impl Metrics {
         b.registrations.inc_by(delta(field::REGISTRATIONS) as u64);
     }
 
+    /// Creates every (stream, group) series at 0, so alerts on `increase()` see the very
+    /// first event of a counter (a series born at 1 has no increase to show).
+    pub fn init_series(&self, stream: &str, group: &str) {
+        let l = Self::sg(stream, group);
+        for f in [
+            &self.consumed,
+            &self.acked,
+            &self.retried,
+            &self.duplicates,
+            &self.lost,
+            &self.nogroup_recoveries,
+            &self.chain_conflicts,
+        ] {
+            drop(f.get_or_create(&l));
+        }
+        use crate::bus::deadletter::Reason;
+        for reason in [
+            Reason::Malformed,
+            Reason::Poison,
+            Reason::MaxDeliveries,
+            Reason::Failed,
+        ] {
+            drop(self.dead_lettered.get_or_create(&DeadLetterLabels {
+                stream: stream.to_string(),
+                group: group.to_string(),
+                reason: reason.as_str().to_string(),
+            }));
+        }
+    }
+
     /// Labels for a (stream, group) pair.
     pub fn sg(stream: &str, group: &str) -> StreamGroup {
         StreamGroup {

@@ -123,6 +123,17 @@ async fn metrics_are_served_over_http_with_exact_values() {
         0.0
     );
     assert_eq!(value(&body, "astra_bus_redis_up"), 1.0);
+    // Series exist at 0 before their first event, so `increase()` sees the first one.
+    assert_eq!(
+        value(
+            &body,
+            &format!(
+                "astra_bus_dead_lettered_total{{stream=\"{A}\",group=\"test.fwd\",reason=\"poison\"}}"
+            )
+        ),
+        0.0
+    );
+    assert_eq!(value(&body, &format!("astra_bus_lost_total{sg}")), 0.0);
     assert_eq!(
         value(
             &body,
