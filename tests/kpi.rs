@@ -17,34 +17,6 @@ use astra_bus::handlers::{Registry, utc_day};
 use support::bus::*;
 use support::{RedisServer, TempDir, free_port, repo_root, shipped_config_copy};
 
-async fn http_get(port: u16, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = vec![];
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    (
-        head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-        body.to_string(),
-    )
-}
-
-fn value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{body}"))
-}
-
 fn config(url: &str, port: u16) -> (TempDir, Config) {
     let dir = shipped_config_copy();
     let p = dir.join("streams.toml");
@@ -136,7 +108,7 @@ async fn known_traffic(redis: &Redis) {
 }
 
 async fn kpi_lines(port: u16) -> Vec<String> {
-    let (status, body) = http_get(port, "/metrics").await;
+    let (status, _, body) = http_get(port, "/metrics").await;
     assert_eq!(status, 200);
     let mut lines: Vec<String> = body
         .lines()
@@ -221,9 +193,9 @@ async fn kpis_are_exact_identical_across_instances_and_scraped_by_prometheus() {
     known_traffic(&redis).await;
     settled(&redis, &cfg1).await;
 
-    let (status, body) = http_get(p1, "/metrics").await;
+    let (status, _, body) = http_get(p1, "/metrics").await;
     assert_eq!(status, 200);
-    let kpi = |k: &str| value(&body, &format!("astra_kpi_value{{kpi=\"{k}\"}}"));
+    let kpi = |k: &str| metric_value(&body, &format!("astra_kpi_value{{kpi=\"{k}\"}}"));
     assert_eq!(kpi("daily_active_users"), 5.0);
     assert_eq!(kpi("trades_per_second"), 3.0 / 60.0);
     assert_eq!(kpi("daily_revenue_usd"), 33.0);
@@ -239,10 +211,13 @@ async fn kpis_are_exact_identical_across_instances_and_scraped_by_prometheus() {
         kpi("engagement_score")
     );
     for (k, t) in astra_bus::kpi::TARGETS {
-        assert_eq!(value(&body, &format!("astra_kpi_target{{kpi=\"{k}\"}}")), t);
+        assert_eq!(
+            metric_value(&body, &format!("astra_kpi_target{{kpi=\"{k}\"}}")),
+            t
+        );
     }
     let src = |s: &str| {
-        value(
+        metric_value(
             &body,
             &format!("astra_kpi_daily_revenue_by_source_usd{{source=\"{s}\"}}"),
         )
@@ -251,18 +226,24 @@ async fn kpis_are_exact_identical_across_instances_and_scraped_by_prometheus() {
         (src("trade_fee"), src("subscription"), src("nft_fee")),
         (3.0, 20.0, 10.0)
     );
-    assert_eq!(value(&body, "astra_business_trades_total"), 3.0);
-    assert_eq!(value(&body, "astra_business_registrations_total"), 2.0);
-    assert_eq!(value(&body, "astra_business_volume_usd_total"), 1500.0);
+    assert_eq!(metric_value(&body, "astra_business_trades_total"), 3.0);
     assert_eq!(
-        value(
+        metric_value(&body, "astra_business_registrations_total"),
+        2.0
+    );
+    assert_eq!(
+        metric_value(&body, "astra_business_volume_usd_total"),
+        1500.0
+    );
+    assert_eq!(
+        metric_value(
             &body,
             "astra_business_revenue_usd_total{source=\"nft_fee\"}"
         ),
         10.0
     );
     assert_eq!(
-        value(&body, "astra_business_achievements_total"),
+        metric_value(&body, "astra_business_achievements_total"),
         achievements
     );
 
@@ -278,7 +259,7 @@ async fn kpis_are_exact_identical_across_instances_and_scraped_by_prometheus() {
             continue;
         };
         drop(s);
-        let (status, body) = http_get(
+        let (status, _, body) = http_get(
             prom.port,
             "/api/v1/query?query=astra_kpi_value%7Bkpi%3D%22daily_active_users%22%7D",
         )
@@ -298,12 +279,12 @@ async fn kpis_are_exact_identical_across_instances_and_scraped_by_prometheus() {
     let (job, val) = seen.expect("prometheus scraped the KPI");
     assert_eq!(job, "astra-bus");
     assert_eq!(val, "5");
-    let (_, targets) = http_get(prom.port, "/api/v1/targets").await;
+    let (_, _, targets) = http_get(prom.port, "/api/v1/targets").await;
     let t: serde_json::Value = serde_json::from_str(&targets).unwrap();
     assert_eq!(t["data"]["activeTargets"][0]["health"], "up", "{targets}");
 
     // Every astra_* metric the alert rules and the dashboard reference exists in a scrape.
-    let (_, scrape) = http_get(p1, "/metrics").await;
+    let (_, _, scrape) = http_get(p1, "/metrics").await;
     let families: BTreeSet<String> = scrape
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

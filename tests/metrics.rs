@@ -13,32 +13,6 @@ use support::{RedisServer, free_port, write_config};
 const A: &str = "astra.test.a.v1";
 const B: &str = "astra.test.b.v1";
 
-async fn http_get(port: u16, path: &str) -> (u16, String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = vec![];
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, head.to_string(), body.to_string())
-}
-
-fn value(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no series {series} in\n{body}"))
-}
-
 fn start_config(server: &RedisServer, refresh: &str) -> (support::TempDir, Config, u16) {
     let dir = write_config(
         &streams_toml(&[A, B], "").replace(
@@ -91,41 +65,56 @@ async fn metrics_are_served_over_http_with_exact_values() {
         "{head}"
     );
     let sg = format!("{{stream=\"{A}\",group=\"test.fwd\"}}");
-    assert_eq!(value(&body, &format!("astra_bus_consumed_total{sg}")), 10.0);
-    assert_eq!(value(&body, &format!("astra_bus_acked_total{sg}")), 10.0);
     assert_eq!(
-        value(
+        metric_value(&body, &format!("astra_bus_consumed_total{sg}")),
+        10.0
+    );
+    assert_eq!(
+        metric_value(&body, &format!("astra_bus_acked_total{sg}")),
+        10.0
+    );
+    assert_eq!(
+        metric_value(
             &body,
             &format!("astra_bus_published_total{{stream=\"{B}\"}}")
         ),
         10.0
     );
     assert_eq!(
-        value(&body, &format!("astra_bus_stream_length{{stream=\"{A}\"}}")),
+        metric_value(&body, &format!("astra_bus_stream_length{{stream=\"{A}\"}}")),
         10.0
     );
     assert_eq!(
-        value(&body, &format!("astra_bus_stream_length{{stream=\"{B}\"}}")),
+        metric_value(&body, &format!("astra_bus_stream_length{{stream=\"{B}\"}}")),
         10.0
     );
-    assert_eq!(value(&body, &format!("astra_bus_group_pending{sg}")), 0.0);
-    assert_eq!(value(&body, &format!("astra_bus_group_lag{sg}")), 0.0);
     assert_eq!(
-        value(&body, &format!("astra_bus_group_lag_unknown{sg}")),
+        metric_value(&body, &format!("astra_bus_group_pending{sg}")),
         0.0
     );
-    assert_eq!(value(&body, &format!("astra_bus_group_consumers{sg}")), 1.0);
     assert_eq!(
-        value(
+        metric_value(&body, &format!("astra_bus_group_lag{sg}")),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&body, &format!("astra_bus_group_lag_unknown{sg}")),
+        0.0
+    );
+    assert_eq!(
+        metric_value(&body, &format!("astra_bus_group_consumers{sg}")),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
             &body,
             &format!("astra_bus_group_oldest_pending_age_seconds{sg}")
         ),
         0.0
     );
-    assert_eq!(value(&body, "astra_bus_redis_up"), 1.0);
+    assert_eq!(metric_value(&body, "astra_bus_redis_up"), 1.0);
     // Series exist at 0 before their first event, so `increase()` sees the first one.
     assert_eq!(
-        value(
+        metric_value(
             &body,
             &format!(
                 "astra_bus_dead_lettered_total{{stream=\"{A}\",group=\"test.fwd\",reason=\"poison\"}}"
@@ -133,9 +122,12 @@ async fn metrics_are_served_over_http_with_exact_values() {
         ),
         0.0
     );
-    assert_eq!(value(&body, &format!("astra_bus_lost_total{sg}")), 0.0);
     assert_eq!(
-        value(
+        metric_value(&body, &format!("astra_bus_lost_total{sg}")),
+        0.0
+    );
+    assert_eq!(
+        metric_value(
             &body,
             "astra_bus_handler_duration_seconds_count{group=\"test.fwd\"}"
         ),

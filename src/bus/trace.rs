@@ -70,6 +70,19 @@ pub async fn collect(
     Ok(out)
 }
 
+/// One node's line: type, id, where it is, payload.
+fn node_line(n: &TraceNode) -> String {
+    let data = n
+        .env
+        .data_as_json()
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    format!(
+        "{} {} [{} {}] {}",
+        n.env.event_type, n.env.id, n.stream, n.entry_id, data
+    )
+}
+
 /// Renders the nodes as a tree by causation (`caus`), roots first.
 pub fn render(nodes: &[TraceNode]) -> String {
     use std::fmt::Write;
@@ -90,21 +103,7 @@ pub fn render(nodes: &[TraceNode]) -> String {
                 continue;
             }
             seen.push(n.env.id.clone());
-            let data = n
-                .env
-                .data_as_json()
-                .map(|v| v.to_string())
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "{}└─ {} {} [{} {}] {}",
-                "   ".repeat(depth),
-                n.env.event_type,
-                n.env.id,
-                n.stream,
-                n.entry_id,
-                data
-            );
+            let _ = writeln!(out, "{}└─ {}", "   ".repeat(depth), node_line(n));
             walk(nodes, &n.env.id, depth + 1, out, seen);
         }
     }
@@ -117,16 +116,7 @@ pub fn render(nodes: &[TraceNode]) -> String {
             continue;
         }
         seen.push(root.env.id.clone());
-        let data = root
-            .env
-            .data_as_json()
-            .map(|v| v.to_string())
-            .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "{} {} [{} {}] {}",
-            root.env.event_type, root.env.id, root.stream, root.entry_id, data
-        );
+        let _ = writeln!(out, "{}", node_line(root));
         walk(nodes, &root.env.id, 1, &mut out, &mut seen);
     }
     out

@@ -207,3 +207,31 @@ pub fn streams_toml(streams: &[&str], extra_defaults: &str) -> String {
 pub fn test_group(name: &str) -> astra_bus::config::GroupConfig {
     astra_bus::handlers::testing::group(name, "builtin.count_by_user", &[], "")
 }
+
+/// GET `path` from 127.0.0.1:`port` over a fresh connection; returns (status, head, body).
+pub async fn http_get(port: u16, path: &str) -> (u16, String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![];
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
+}
+
+/// The value of one series (`name{labels}`) in a Prometheus text scrape.
+pub fn metric_value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{body}"))
+}
