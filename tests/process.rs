@@ -213,6 +213,7 @@ async fn redis_killed_and_restarted_mid_run_loses_and_doubles_nothing() {
     let mut server = RedisServer::start_with(support::RedisOptions {
         appendonly: true,
         extra: vec![("appendfsync".into(), "always".into())],
+        ..Default::default()
     });
     let url = server.url();
     let dir = config(&url, 50);

@@ -112,7 +112,95 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_scenario_is_exact() {
     let server = RedisServer::start();
-    let url = server.url();
+    scenario(&server.url(), &server.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_scenario_runs_as_the_least_privilege_worker() {
+    // The shipped ACL file, with passwords given to its users and an admin for the test's
+    // own checks; the default user is off.
+    let acl_dir = support::TempDir::new("acl");
+    let shipped =
+        std::fs::read_to_string(support::repo_root().join("setup/redis-users.acl")).unwrap();
+    let acl = shipped.replace(
+        "user astra-worker on resetpass",
+        "user astra-worker on resetpass >worker-pass",
+    ) + "user test-admin on >admin-pass ~* &* +@all\n";
+    let acl_path = acl_dir.join("users.acl");
+    std::fs::write(&acl_path, acl).unwrap();
+    let server = RedisServer::start_with(support::RedisOptions {
+        extra: vec![("aclfile".into(), acl_path.to_string_lossy().into_owned())],
+        admin: Some(("test-admin".into(), "admin-pass".into())),
+        ..Default::default()
+    });
+    // Unauthenticated clients get nothing.
+    let anon = support::raw_command(server.port, &["PING"]).unwrap();
+    assert!(anon.starts_with("-NOAUTH"), "{anon}");
+    let worker = server.url_as("astra-worker", "worker-pass");
+    scenario(&worker, &server.url()).await;
+    // The paths that run on timers (reclaim, consumer pruning, retention, the health
+    // refresh) work as the worker too.
+    let w = connect(&worker).await;
+    let reg = Registry::builtin();
+    let cfg = load(&shipped_config_copy().path, &worker, "acl", &reg);
+    astra_bus::bus::status::snapshot(&w, &cfg)
+        .await
+        .expect("health refresh as worker");
+    for s in &cfg.streams {
+        astra_bus::bus::retention::trim_stream(&w, s)
+            .await
+            .expect("retention as worker");
+    }
+    let group = cfg.group("gamification.xp_processing").unwrap();
+    let ctx = std::sync::Arc::new(astra_bus::bus::consume::GroupContext {
+        redis: w.clone(),
+        group: std::sync::Arc::new(group.clone()),
+        handler: reg.build(group).unwrap(),
+        consumer: "acl-check".into(),
+        dedup_ttl: Duration::from_secs(60),
+        inflight: std::sync::Arc::new(tokio::sync::Semaphore::new(group.concurrency)),
+        metrics: astra_bus::metrics::Metrics::new(),
+        publishes: group.publishes.iter().cloned().collect(),
+    });
+    let (_t, shutdown) = astra_bus::shutdown::Shutdown::new();
+    astra_bus::bus::reclaim::reclaim_once(&ctx, streams::TRADE_EXECUTED, &shutdown)
+        .await
+        .expect("reclaim as worker");
+    astra_bus::bus::reclaim::remove_idle_consumers(
+        &ctx,
+        streams::TRADE_EXECUTED,
+        Duration::from_secs(1),
+    )
+    .await
+    .expect("consumer pruning as worker");
+    // What the worker must not do is refused.
+    for (cmd, args) in [
+        ("FLUSHALL", vec![]),
+        ("CONFIG", vec!["GET", "maxmemory"]),
+        ("KEYS", vec!["*"]),
+        (
+            "XGROUP",
+            vec![
+                "DESTROY",
+                streams::TRADE_EXECUTED,
+                "gamification.xp_processing",
+            ],
+        ),
+        ("XDEL", vec![streams::TRADE_EXECUTED, "0-1"]),
+        ("GET", vec!["not-an-astra-key"]),
+    ] {
+        let err = w
+            .cmd(cmd, args.into_iter().map(arg).collect())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("NOPERM"), "{cmd}: {err}");
+    }
+}
+
+/// Runs the scenario: the daemon and the CLI connect with `daemon_url`; publishing and
+/// the checks use `admin_url`.
+async fn scenario(daemon_url: &str, admin_url: &str) {
+    let url = daemon_url.to_string();
     let dir = shipped_config_copy();
     // Faster polling for a test; everything else as shipped.
     let streams_path = dir.join("streams.toml");
@@ -123,7 +211,7 @@ async fn end_to_end_scenario_is_exact() {
     let reg = Registry::builtin();
     let cfg = load(&dir.path, &url, "scenario", &reg);
     let daemon = InProc::start(cfg.clone(), reg).await;
-    let redis = connect(&url).await;
+    let redis = connect(admin_url).await;
 
     // All events happen within one minute (fixed velocity windows), today (UTC).
     let base = now_ms() / 60_000 * 60_000;

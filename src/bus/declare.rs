@@ -14,9 +14,11 @@ static ENSURE_STREAM: Script = Script::new(
     "ensure_stream",
     r#"#!lua
 -- KEYS[1]: stream. Creates it empty if missing; returns 1 if created, 0 if it existed.
+-- (XTRIM, not XDEL: the worker's ACL needs XTRIM for retention anyway, and nothing else
+-- can write to the stream between these two calls.)
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local id = redis.call('XADD', KEYS[1], '*', 'astra_bus', 'declare')
-redis.call('XDEL', KEYS[1], id)
+redis.call('XADD', KEYS[1], '*', 'astra_bus', 'declare')
+redis.call('XTRIM', KEYS[1], 'MAXLEN', 0)
 return 1
 "#,
 );

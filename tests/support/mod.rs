@@ -56,16 +56,44 @@ pub fn free_port() -> u16 {
 /// Used by the harness itself (readiness, cluster state) so it does not depend on the
 /// crate under test.
 pub fn raw_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    raw_command_as(port, None, args)
+}
+
+/// [`raw_command`] after `AUTH user pass` (replies of both, concatenated).
+pub fn raw_command_as(
+    port: u16,
+    auth: Option<(&str, &str)>,
+    args: &[&str],
+) -> std::io::Result<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+    let encode = |args: &[&str]| {
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
+        }
+        req
+    };
+    let mut req = String::new();
+    if let Some((u, p)) = auth {
+        req.push_str(&encode(&["AUTH", u, p]));
     }
+    req.push_str(&encode(args));
     s.write_all(req.as_bytes())?;
+    let mut out = String::new();
     let mut buf = vec![0u8; 65536];
-    let n = s.read(&mut buf)?;
-    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    // Read until both replies arrived (or the peer stops sending).
+    for _ in 0..50 {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if auth.is_none() || out.matches("\r\n").count() >= 2 {
+            break;
+        }
+    }
+    Ok(out)
 }
 
 /// Options for a single Redis server.
@@ -75,6 +103,8 @@ pub struct RedisOptions {
     pub appendonly: bool,
     /// Extra `--name value` arguments.
     pub extra: Vec<(String, String)>,
+    /// (user, password) the harness itself logs in with (when the default user is off).
+    pub admin: Option<(String, String)>,
 }
 
 /// A private `redis-server`, killed (and its directory removed) on drop.
@@ -116,9 +146,17 @@ impl RedisServer {
         panic!("redis-server did not start (see {:?})", server.dir.path);
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (with the admin credentials, if any).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match &self.opts.admin {
+            Some((u, p)) => format!("redis://{u}:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// `redis://user:pass@127.0.0.1:<port>`.
+    pub fn url_as(&self, user: &str, pass: &str) -> String {
+        format!("redis://{user}:{pass}@127.0.0.1:{}", self.port)
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> bool {
@@ -129,8 +167,13 @@ impl RedisServer {
             {
                 return false;
             }
-            if let Ok(r) = raw_command(self.port, &["PING"])
-                && r.starts_with("+PONG")
+            let auth = self
+                .opts
+                .admin
+                .as_ref()
+                .map(|(u, p)| (u.as_str(), p.as_str()));
+            if let Ok(r) = raw_command_as(self.port, auth, &["PING"])
+                && r.contains("+PONG")
             {
                 return true;
             }
@@ -177,11 +220,12 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .expect("run redis-cli");
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-p", &self.port.to_string()]);
+        if let Some((u, p)) = &self.opts.admin {
+            cmd.args(["--user", u, "--pass", p, "--no-auth-warning"]);
+        }
+        let out = cmd.args(args).output().expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
