@@ -449,7 +449,10 @@ async fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
             tokio::select! {
                 _ = term.recv() => break None,
                 _ = tokio::signal::ctrl_c() => break None,
-                _ = hup.recv() => match Config::load(&cli.config) {
+                _ = hup.recv() => match Config::load(&cli.config).map_err(|e| e.to_string()).and_then(|new| {
+                    // Handler options are part of the config: a reload they break is refused.
+                    crate::handlers::Registry::builtin().check(&new).map(|()| new).map_err(|e| e.join("\n"))
+                }) {
                     Ok(new) => {
                         tracing::info!("SIGHUP: configuration reloaded, restarting groups");
                         break Some(new);
@@ -647,6 +650,18 @@ fn check(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(errors) = crate::handlers::Registry::builtin().check(&cfg) {
+        for e in &errors {
+            eprintln!("{e}");
+        }
+        let n = errors.len();
+        eprintln!(
+            "error: {n} problem{} in {}",
+            if n == 1 { "" } else { "s" },
+            cli.config.display()
+        );
+        return ExitCode::FAILURE;
+    }
     print!("{}", topology_text(&cfg));
     println!(
         "ok: {} streams, {} groups, {} domains",

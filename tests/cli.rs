@@ -243,3 +243,25 @@ async fn publish_status_tail_and_dead_letter_replay() {
         "dead-letter count back to 0:\n{status}"
     );
 }
+
+#[test]
+fn check_rejects_bad_handler_options_with_their_location() {
+    let dir = shipped_config_copy();
+    let p = dir.join("consumer-groups/gamification.toml");
+    let text = std::fs::read_to_string(&p).unwrap().replace(
+        "publishes = [\"astra.gamification.leaderboard_updated.v1\"]",
+        "publishes = [\"astra.gamification.leaderboard_updated.v1\"]\n[group.options]\ntop_nn = 5",
+    );
+    std::fs::write(&p, text).unwrap();
+    let o = run(
+        &["check", "--config", dir.path.to_str().unwrap()],
+        "redis://127.0.0.1:1",
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("consumer-groups/gamification.toml:"), "{err}");
+    assert!(
+        err.contains("group gamification.leaderboards options: unknown option `top_nn`"),
+        "{err}"
+    );
+}

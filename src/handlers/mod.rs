@@ -554,6 +554,21 @@ impl Registry {
         self.ctors.contains_key(name)
     }
 
+    /// Builds every group's handler once, to validate their options; returns every
+    /// problem (each names the options' `file:line:col`).
+    pub fn check(&self, config: &crate::config::Config) -> Result<(), Vec<String>> {
+        let errors: Vec<String> = config
+            .groups
+            .iter()
+            .filter_map(|g| self.build(g).err())
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
+    }
+
     /// Builds the handler `group.handler` for `group`.
     pub fn build(&self, group: &GroupConfig) -> Result<Arc<dyn Handler>, String> {
         let ctor = self
