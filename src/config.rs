@@ -112,6 +112,10 @@ struct RawRedis {
     url: Spanned<String>,
     /// Per-command timeout.
     command_timeout: Option<Spanned<String>>,
+    /// File holding the password (overrides one in the URL). `ASTRA_REDIS_PASSWORD_FILE`.
+    password_file: Option<String>,
+    /// PEM file of the CA(s) that sign the server's TLS certificate. `ASTRA_REDIS_CA_FILE`.
+    tls_ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -262,6 +266,13 @@ pub struct RedisConfig {
     pub url: String,
     /// Per-command timeout.
     pub command_timeout: Duration,
+    /// File whose content (trailing newline removed) is the password, read at each
+    /// connect: keeps the secret out of the config and the process environment
+    /// (systemd `LoadCredential`, Docker secrets). Relative to the config directory.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the CA certificates trusted for `rediss://` instead of the system's.
+    /// Relative to the config directory.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 /// Retention loop settings.
@@ -433,6 +444,12 @@ impl Config {
         let mut cfg = Self::from_sources_for(dir, &sources, registry)?;
         if let Some(url) = env("ASTRA_REDIS_URL").filter(|s| !s.is_empty()) {
             cfg.redis.url = url;
+        }
+        if let Some(f) = env("ASTRA_REDIS_PASSWORD_FILE").filter(|s| !s.is_empty()) {
+            cfg.redis.password_file = Some(dir.join(f));
+        }
+        if let Some(f) = env("ASTRA_REDIS_CA_FILE").filter(|s| !s.is_empty()) {
+            cfg.redis.tls_ca_file = Some(dir.join(f));
         }
         if let Some(i) = env("ASTRA_INSTANCE").filter(|s| !s.is_empty()) {
             cfg.daemon.instance = i;
@@ -1162,6 +1179,9 @@ impl Validator {
             redis: RedisConfig {
                 url,
                 command_timeout,
+                // `dir.join` keeps an absolute path as it is.
+                password_file: raw.redis.password_file.map(|f| dir.join(f)),
+                tls_ca_file: raw.redis.tls_ca_file.map(|f| dir.join(f)),
             },
             retention: RetentionConfig { interval },
             daemon,

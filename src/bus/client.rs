@@ -31,6 +31,10 @@ pub enum BusError {
     /// The reply did not have the shape we expected.
     #[error("unexpected reply to {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
+    /// The connection settings cannot work (unreadable password or CA file, a CA for a
+    /// non-TLS URL): retrying will not help.
+    #[error("redis connection settings: {0}")]
+    Settings(String),
 }
 
 impl BusError {
@@ -76,6 +80,67 @@ impl From<fred::error::Error> for BusError {
     }
 }
 
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            format!("{scheme}://{masked}{}", &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+/// The password in `path`, without its trailing newline (files written by `echo` have one).
+fn read_password(path: &std::path::Path) -> Result<String, BusError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        BusError::Settings(format!(
+            "redis.password_file {}: cannot read: {e}",
+            path.display()
+        ))
+    })?;
+    let pw = text.trim_end_matches(['\n', '\r']);
+    if pw.is_empty() {
+        return Err(BusError::Settings(format!(
+            "redis.password_file {}: the file is empty",
+            path.display()
+        )));
+    }
+    Ok(pw.to_string())
+}
+
+/// A rustls client configuration that trusts exactly the CA certificates in `path` (PEM).
+fn tls_trusting(path: &std::path::Path) -> Result<fred::rustls::ClientConfig, BusError> {
+    use fred::rustls::pki_types::CertificateDer;
+    use fred::rustls::pki_types::pem::PemObject as _;
+    let bad =
+        |what: String| BusError::Settings(format!("redis.tls_ca_file {}: {what}", path.display()));
+    let mut roots = fred::rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(format!("{e}")))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| bad(format!("{e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no PEM certificate in the file".into()));
+    }
+    Ok(fred::rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// A connection (or auto-pipelined set of connections) to Redis.
 #[derive(Clone)]
 pub struct Redis {
@@ -92,6 +157,37 @@ impl Redis {
     pub async fn connect(url: &str, timeout: Duration) -> Result<Redis, BusError> {
         let config = FredConfig::from_url(url)
             .map_err(|e| BusError::Command(format!("invalid redis url {url:?}: {e}")))?;
+        Self::connect_fred(config, url, timeout).await
+    }
+
+    /// [`Redis::connect`] with the whole `[redis]` section: the password read from
+    /// `password_file` (at each call, so a rotated secret is picked up on reload) and, for
+    /// `rediss://`, the CAs of `tls_ca_file` trusted instead of the system's.
+    pub async fn connect_config(cfg: &crate::config::RedisConfig) -> Result<Redis, BusError> {
+        let url = &cfg.url;
+        let mut config = FredConfig::from_url(url).map_err(|e| {
+            BusError::Command(format!("invalid redis url {}: {e}", redact_url(url)))
+        })?;
+        if let Some(path) = &cfg.password_file {
+            config.password = Some(read_password(path)?);
+        }
+        if let Some(path) = &cfg.tls_ca_file {
+            if config.tls.is_none() {
+                return Err(BusError::Settings(format!(
+                    "redis.tls_ca_file {} is set but redis.url is not rediss://",
+                    path.display()
+                )));
+            }
+            config.tls = Some(tls_trusting(path)?.into());
+        }
+        Self::connect_fred(config, url, cfg.command_timeout).await
+    }
+
+    async fn connect_fred(
+        config: FredConfig,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Redis, BusError> {
         let client = fred::types::Builder::from_config(config)
             .with_connection_config(|c: &mut ConnectionConfig| {
                 c.connection_timeout = timeout;
@@ -340,5 +436,54 @@ pub fn parse_read_reply(v: Value) -> Vec<(String, Vec<RawEntry>)> {
             })
             .collect(),
         _ => vec![],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redact_url_hides_only_the_password() {
+        assert_eq!(
+            redact_url("redis://astra-worker:s3cret@host:6379/0"),
+            "redis://astra-worker:***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://:pw@h:1"), "rediss://:***@h:1");
+        assert_eq!(
+            redact_url("redis://astra-worker@h:1"),
+            "redis://astra-worker@h:1"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+
+    #[test]
+    fn password_file_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("astra-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing");
+        let e = read_password(&missing).unwrap_err().to_string();
+        assert!(
+            e.contains("redis.password_file") && e.contains("missing"),
+            "{e}"
+        );
+        let empty = dir.join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let e = read_password(&empty).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+        let ok = dir.join("ok");
+        std::fs::write(&ok, "s3 cret\n").unwrap();
+        assert_eq!(read_password(&ok).unwrap(), "s3 cret");
+        let not_pem = dir.join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let e = tls_trusting(&not_pem).unwrap_err().to_string();
+        assert!(
+            e.contains("redis.tls_ca_file") && e.contains("no PEM"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
