@@ -200,7 +200,7 @@ pub fn main() -> ExitCode {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    init_logging(&cli.log_format);
+    crate::logging::init(&cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -220,30 +220,17 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ASTRA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        // Colours only for a person at a terminal, not for journald or a log file.
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        let _ = b.json().flatten_event(true).try_init();
-    } else {
-        let _ = b.try_init();
-    }
-}
-
 fn load(cli: &Cli) -> anyhow::Result<Config> {
     Config::load(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn connect(cfg: &Config) -> anyhow::Result<Redis> {
-    Redis::connect(&cfg.redis.url, cfg.redis.command_timeout)
-        .await
-        .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))
+    Redis::connect_config(&cfg.redis).await.with_context(|| {
+        format!(
+            "cannot connect to redis at {}",
+            crate::bus::client::redact_url(&cfg.redis.url)
+        )
+    })
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -435,6 +422,25 @@ async fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
     let metrics = crate::metrics::Metrics::new();
+    // One liveness set across reloads: the readers of each run register in it, and the
+    // watchdog (when systemd asks for one) pings at half its interval while none is stuck.
+    let liveness = crate::watchdog::Liveness::new();
+    let (stop_watchdog, watchdog_shutdown) = Shutdown::new();
+    let mut usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+        let every = std::time::Duration::from_micros(usec / 2);
+        tracing::info!(interval = ?every, "systemd watchdog enabled");
+        tokio::spawn(crate::watchdog::watchdog_loop(
+            liveness.clone(),
+            every,
+            || {
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            },
+            watchdog_shutdown,
+        ));
+    }
+    // Dropped on every way out of this function, which ends the pinger.
+    let _stop_watchdog = stop_watchdog;
     loop {
         let (trigger, shutdown) = Shutdown::new();
         let opts = RunOptions {
@@ -442,6 +448,7 @@ async fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
             on_ready: Some(Box::new(|| {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             })),
+            liveness: liveness.clone(),
             ..RunOptions::default()
         };
         let mut daemon = tokio::spawn(crate::daemon::run_with(cfg.clone(), opts, shutdown));

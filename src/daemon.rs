@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use crate::bus::consume::{GroupContext, read_loop, redis_backoff, sleep_or_shutdown};
 use crate::bus::declare::declare;
@@ -17,6 +18,7 @@ use crate::config::Config;
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
+use crate::watchdog::{LOOP_SLACK, Liveness};
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -53,17 +55,23 @@ async fn health_loop(redis: Redis, config: Config, metrics: Arc<Metrics>, mut sh
     }
 }
 
-/// Connects to Redis, retrying with backoff until it answers or shutdown.
-pub async fn connect_with_retry(cfg: &Config, shutdown: &mut Shutdown) -> Option<Redis> {
+/// Connects to Redis, retrying with backoff until it answers or shutdown (`Ok(None)`).
+/// Settings that cannot work (an unreadable password file) fail at once instead.
+pub async fn connect_with_retry(
+    cfg: &Config,
+    shutdown: &mut Shutdown,
+) -> Result<Option<Redis>, BusError> {
     let mut backoff = redis_backoff();
     loop {
-        match Redis::connect(&cfg.redis.url, cfg.redis.command_timeout).await {
-            Ok(r) => return Some(r),
+        match Redis::connect_config(&cfg.redis).await {
+            Ok(r) => return Ok(Some(r)),
+            Err(e @ BusError::Settings(_)) => return Err(e),
             Err(e) => {
                 let d = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(url = %cfg.redis.url, error = %e, "redis not reachable, retrying in {d:?}");
+                let url = crate::bus::client::redact_url(&cfg.redis.url);
+                tracing::warn!(%url, error = %e, "redis not reachable, retrying in {d:?}");
                 if !sleep_or_shutdown(d, shutdown).await {
-                    return None;
+                    return Ok(None);
                 }
             }
         }
@@ -78,6 +86,8 @@ pub struct RunOptions {
     pub metrics: Arc<Metrics>,
     /// Called once every group's readers are running (systemd READY=1, tests).
     pub on_ready: Option<Box<dyn FnOnce() + Send>>,
+    /// Where every reader registers its heartbeat (the systemd watchdog checks it).
+    pub liveness: Arc<Liveness>,
 }
 
 impl Default for RunOptions {
@@ -86,6 +96,7 @@ impl Default for RunOptions {
             registry: Registry::builtin(),
             metrics: Metrics::new(),
             on_ready: None,
+            liveness: Liveness::new(),
         }
     }
 }
@@ -120,7 +131,7 @@ pub async fn run_with(
     } else {
         None
     };
-    let Some(redis) = connect_with_retry(&config, &mut sd).await else {
+    let Some(redis) = connect_with_retry(&config, &mut sd).await? else {
         return Ok(());
     };
     let metrics = opts.metrics.clone();
@@ -167,15 +178,28 @@ pub async fn run_with(
             metrics: metrics.clone(),
             publishes: g.publishes.iter().cloned().collect::<HashSet<_>>(),
         });
+        // A reader iteration is one blocking read (block + command timeout) plus, at
+        // worst, one retry backoff: longer than that without an iteration means stuck.
+        let bound = g.block + config.redis.command_timeout + LOOP_SLACK;
         for s in &g.reads {
             metrics.init_series(s, &g.name);
-            tasks.spawn(read_loop(ctx.clone(), s.clone(), shutdown.clone()));
-            tasks.spawn(reclaim_loop(
-                ctx.clone(),
-                s.clone(),
-                config.daemon.consumer_idle_limit,
-                shutdown.clone(),
-            ));
+            // Every log line of these loops carries the group and stream (JSON logs
+            // flatten span fields into the line).
+            let span = tracing::info_span!("reader", group = %g.name, stream = %s);
+            let beat = opts.liveness.register(format!("{} {s}", g.name), bound);
+            span.in_scope(|| tracing::debug!(?bound, "reader started"));
+            tasks.spawn(
+                read_loop(ctx.clone(), s.clone(), shutdown.clone(), beat).instrument(span.clone()),
+            );
+            tasks.spawn(
+                reclaim_loop(
+                    ctx.clone(),
+                    s.clone(),
+                    config.daemon.consumer_idle_limit,
+                    shutdown.clone(),
+                )
+                .instrument(span),
+            );
         }
     }
     if let Some(listener) = listener {

@@ -14,6 +14,8 @@
 //! - [`metrics`]: every exported metric, in one place.
 //! - [`http`]: the daemon's HTTP listener (`/metrics`, `/health`).
 //! - [`shutdown`]: the shutdown signal every loop listens to.
+//! - [`watchdog`]: liveness of the delivery loops and the systemd watchdog fed from it.
+//! - [`logging`]: text or JSON-lines logs.
 //! - [`cli`]: the `astra-bus` command line.
 
 pub mod bus;
@@ -25,7 +27,9 @@ pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod kpi;
+pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod watchdog;
 
 pub use daemon::run;

@@ -23,6 +23,7 @@ use crate::envelope::{Envelope, now_ms};
 use crate::handlers::{Event, Handler, HandlerError, MAX_ROUNDS, Op, Reply, Step};
 use crate::metrics::{DeadLetterLabels, GroupLabel, Metrics};
 use crate::shutdown::Shutdown;
+use crate::watchdog::Heartbeat;
 
 /// Everything a group's readers share.
 pub struct GroupContext {
@@ -200,6 +201,7 @@ pub async fn process_batch(
     let mut backoff = redis_backoff();
     let mut sd = shutdown.clone();
     let mut retry_budget = 3u32;
+    let mut chain_gave_up = 0usize;
     let mut active = work;
     while !active.is_empty() {
         // One round for every active event.
@@ -223,7 +225,7 @@ pub async fn process_batch(
                     dead.push(dl(&w, &mut raw_fields, deliveries, Reason::Poison, reason));
                 }
                 Err(HandlerError::Retry(reason)) => {
-                    tracing::debug!(group = %g.name, stream, entry = %w.ev.entry_id, %reason, "handler asked to retry");
+                    tracing::debug!(group = %g.name, stream, entry = %w.ev.entry_id, cid = %w.ev.env.cid, %reason, "handler asked to retry");
                     retry_later.push(w);
                 }
             }
@@ -355,7 +357,8 @@ pub async fn process_batch(
                     w.conflicts += 1;
                     m.chain_conflicts.get_or_create(&labels).inc();
                     if w.conflicts > MAX_CHAIN_CONFLICTS {
-                        tracing::warn!(group = %g.name, stream, entry = %w.ev.entry_id, "hash-chain contention: entry left pending");
+                        tracing::debug!(group = %g.name, stream, entry = %w.ev.entry_id, cid = %w.ev.env.cid, "hash-chain contention: entry left pending");
+                        chain_gave_up += 1;
                         report.left_pending += 1;
                     } else {
                         next.push(w);
@@ -382,14 +385,30 @@ pub async fn process_batch(
         }
     }
 
+    if chain_gave_up > 0 {
+        tracing::warn!(group = %g.name, stream, count = chain_gave_up, "hash-chain contention: entries left pending");
+    }
     if !dead.is_empty() {
         let mut backoff = redis_backoff();
         loop {
             match dead_letter(&ctx.redis, &g.name, stream, &g.dead_letter_stream, &dead).await {
                 Ok(n) => {
                     report.dead_lettered += n;
+                    // Each entry at debug; one warning per batch and reason, so a flood of
+                    // bad input cannot flood the log.
+                    let mut by_reason: std::collections::BTreeMap<&str, (usize, &str)> =
+                        Default::default();
                     for d in &dead {
-                        tracing::warn!(group = %g.name, stream, entry = %d.entry_id, reason = d.reason.as_str(), error = %d.error, "dead-lettered");
+                        let cid = d
+                            .fields
+                            .iter()
+                            .find(|(k, _)| k == b"cid")
+                            .map(|(_, v)| String::from_utf8_lossy(v));
+                        tracing::debug!(group = %g.name, stream, entry = %d.entry_id, cid = cid.as_deref(), reason = d.reason.as_str(), error = %d.error, "dead-lettered");
+                        by_reason
+                            .entry(d.reason.as_str())
+                            .or_insert((0, &d.error))
+                            .0 += 1;
                         m.dead_lettered
                             .get_or_create(&DeadLetterLabels {
                                 stream: stream.to_string(),
@@ -397,6 +416,9 @@ pub async fn process_batch(
                                 reason: d.reason.as_str().to_string(),
                             })
                             .inc();
+                    }
+                    for (reason, (count, first_error)) in by_reason {
+                        tracing::warn!(group = %g.name, stream, reason, count, first_error, "entries dead-lettered");
                     }
                     break;
                 }
@@ -453,10 +475,12 @@ async fn recover_own_pending(
     conn: &Redis,
     stream: &str,
     shutdown: &Shutdown,
+    beat: &Heartbeat,
 ) -> Result<(), BusError> {
     let g = &ctx.group;
     let mut after = "0-0".to_string();
     loop {
+        beat.beat();
         let v = conn
             .cmd(
                 "XREADGROUP",
@@ -497,13 +521,20 @@ async fn recover_own_pending(
 }
 
 /// The reader of one (group, stream): runs until shutdown, then waits for its in-flight
-/// batches to finish (the daemon bounds that wait with the drain deadline).
-pub async fn read_loop(ctx: Arc<GroupContext>, stream: String, mut shutdown: Shutdown) {
+/// batches to finish (the daemon bounds that wait with the drain deadline). `beat` is
+/// touched once per iteration: the watchdog's proof that this reader is not stuck.
+pub async fn read_loop(
+    ctx: Arc<GroupContext>,
+    stream: String,
+    mut shutdown: Shutdown,
+    beat: Heartbeat,
+) {
     let g = ctx.group.clone();
     let labels = Metrics::sg(&stream, &g.name);
     let mut backoff = redis_backoff();
     // Own connection: a blocked XREADGROUP would stall every command queued behind it.
     let conn = loop {
+        beat.beat();
         match ctx.redis.dedicated().await {
             Ok(c) => break c,
             Err(e) => {
@@ -520,8 +551,9 @@ pub async fn read_loop(ctx: Arc<GroupContext>, stream: String, mut shutdown: Shu
     let mut nogroup_logged = false;
     let block_ms = g.block.as_millis().max(1) as i64;
     while !shutdown.is_shutdown() {
+        beat.beat();
         if !recovered {
-            match recover_own_pending(&ctx, &conn, &stream, &shutdown).await {
+            match recover_own_pending(&ctx, &conn, &stream, &shutdown, &beat).await {
                 Ok(()) => recovered = true,
                 Err(BusError::NoGroup(_)) => recovered = true,
                 Err(e) => {

@@ -40,6 +40,7 @@ impl InProc {
             on_ready: Some(Box::new(move || {
                 let _ = tx.send(());
             })),
+            ..RunOptions::default()
         };
         let handle = tokio::spawn(async move {
             run_with(cfg, opts, shutdown).await.expect("daemon runs");
