@@ -418,9 +418,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut cfg = load(cli)?;
+    // Handlers first: a SIGTERM that arrives while the config loads must drain, not kill.
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut cfg = load(cli)?;
     let metrics = crate::metrics::Metrics::new();
     // One liveness set across reloads: the readers of each run register in it, and the
     // watchdog (when systemd asks for one) pings at half its interval while none is stuck.
