@@ -172,7 +172,15 @@ impl RedisServer {
                 .admin
                 .as_ref()
                 .map(|(u, p)| (u.as_str(), p.as_str()));
-            if let Ok(r) = raw_command_as(self.port, auth, &["PING"])
+            // The answer must come from our own child: when another test (or another
+            // checkout's test run on the same machine) took the probed port first, our
+            // server fails to bind and a PING would reach theirs, so two tests would share
+            // one Redis and see each other's data.
+            // PING as well: INFO answers while the dataset is still loading.
+            let pid = self.child.as_ref().map_or(0, |c| c.id());
+            if let Ok(r) = raw_command_as(self.port, auth, &["INFO", "server"])
+                && r.contains(&format!("process_id:{pid}\r\n"))
+                && let Ok(r) = raw_command_as(self.port, auth, &["PING"])
                 && r.contains("+PONG")
             {
                 return true;
