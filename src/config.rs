@@ -15,6 +15,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod edge;
+pub use edge::{
+    ApiKey, AuthMode, EdgeConfig, RateLimitConfig, Scope, hex, key_sha256, valid_user_id,
+};
+
 /// Name of the file that holds the connection, defaults and stream catalog.
 pub const STREAMS_FILE: &str = "streams.toml";
 /// Directory (under the config dir) holding one `<domain>.toml` per domain.
@@ -94,9 +99,9 @@ struct RawStreamsFile {
     /// Daemon-wide settings.
     #[serde(default)]
     daemon: RawDaemon,
-    /// The daemon's HTTP listener (`/metrics`, `/health`).
+    /// The HTTP edge (publish API, projection reads, `/metrics`, `/health`, `/ready`).
     #[serde(default)]
-    http: RawHttp,
+    edge: edge::RawEdge,
     /// Metrics collection.
     #[serde(default)]
     metrics: RawMetrics,
@@ -155,15 +160,6 @@ struct RawDaemon {
     consumer_idle_limit: Option<Spanned<String>>,
     /// How long a processed event id is remembered for de-duplication.
     dedup_ttl: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    /// Serve HTTP at all.
-    enabled: Option<bool>,
-    /// `host:port` to listen on. Overridden by `ASTRA_HTTP_LISTEN`.
-    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -245,8 +241,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Daemon-wide settings.
     pub daemon: DaemonConfig,
-    /// HTTP listener.
-    pub http: HttpConfig,
+    /// The HTTP edge.
+    pub edge: EdgeConfig,
     /// Metrics collection.
     pub metrics: MetricsConfig,
     /// The stream catalog, in file order.
@@ -282,15 +278,6 @@ pub struct DaemonConfig {
     pub consumer_idle_limit: Duration,
     /// How long processed event ids are remembered.
     pub dedup_ttl: Duration,
-}
-
-/// The daemon's HTTP listener.
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// Serve HTTP.
-    pub enabled: bool,
-    /// Address to listen on.
-    pub listen: std::net::SocketAddr,
 }
 
 /// Metrics collection.
@@ -437,15 +424,77 @@ impl Config {
         if let Some(i) = env("ASTRA_INSTANCE").filter(|s| !s.is_empty()) {
             cfg.daemon.instance = i;
         }
+        let env_diag = |var: &str, message: String| {
+            ConfigError::Invalid(vec![Diagnostic {
+                file: var.into(),
+                line: 1,
+                col: 1,
+                message,
+            }])
+        };
         if let Some(l) = env("ASTRA_HTTP_LISTEN").filter(|s| !s.is_empty()) {
-            cfg.http.listen = l.parse().map_err(|e| {
-                ConfigError::Invalid(vec![Diagnostic {
-                    file: "ASTRA_HTTP_LISTEN".into(),
-                    line: 1,
-                    col: 1,
-                    message: format!("{l:?} is not host:port ({e})"),
-                }])
+            cfg.edge.listen = l.parse().map_err(|e| {
+                env_diag("ASTRA_HTTP_LISTEN", format!("{l:?} is not host:port ({e})"))
             })?;
+        }
+        if let Some(a) = env("ASTRA_EDGE_AUTH").filter(|s| !s.is_empty()) {
+            cfg.edge.auth = match a.as_str() {
+                "off" => AuthMode::Off,
+                "keys" => AuthMode::Keys,
+                _ => {
+                    return Err(env_diag(
+                        "ASTRA_EDGE_AUTH",
+                        format!("must be \"off\" or \"keys\", got {a:?}"),
+                    ));
+                }
+            };
+            cfg.edge.auth_origin = ("ASTRA_EDGE_AUTH".into(), 1, 1);
+        }
+        if let Some(f) = env("ASTRA_EDGE_KEYS_FILE").filter(|s| !s.is_empty()) {
+            cfg.edge.keys_file = Some(PathBuf::from(f));
+        }
+        if let Some(f) = cfg.edge.keys_file.clone() {
+            let path = dir.join(&f);
+            let text = read(&path)?;
+            let mut v = Validator {
+                diags: vec![],
+                known: vec![],
+            };
+            let keys = v.keys_file(&path.display().to_string(), &text, &cfg.streams);
+            if !v.diags.is_empty() {
+                return Err(ConfigError::Invalid(v.diags));
+            }
+            for k in keys {
+                if cfg
+                    .edge
+                    .keys
+                    .iter()
+                    .any(|o| o.name == k.name || o.sha256 == k.sha256)
+                {
+                    return Err(env_diag(
+                        &path.display().to_string(),
+                        format!(
+                            "edge key {:?} is also configured inline (same name or sha256)",
+                            k.name
+                        ),
+                    ));
+                }
+                cfg.edge.keys.push(k);
+            }
+        }
+        if let Some(d) = cfg.edge.exposure_problem() {
+            return Err(ConfigError::Invalid(vec![d]));
+        }
+        if cfg.edge.auth == AuthMode::Keys && cfg.edge.keys.is_empty() {
+            let (file, line, col) = cfg.edge.auth_origin.clone();
+            return Err(ConfigError::Invalid(vec![Diagnostic {
+                file,
+                line,
+                col,
+                message: "edge.auth = \"keys\" but no keys are configured: add [[edge.key]] \
+                          entries or an edge.keys_file (`astra-bus key new` prints one)"
+                    .into(),
+            }]));
         }
         Ok(cfg)
     }
@@ -886,25 +935,6 @@ impl Validator {
                 .unwrap_or(day),
         };
 
-        let listen = match &raw.http.listen {
-            None => std::net::SocketAddr::from(([127, 0, 0, 1], 8000)),
-            Some(l) => match l.get_ref().parse() {
-                Ok(a) => a,
-                Err(e) => {
-                    self.at(
-                        sfile,
-                        stext,
-                        l.span(),
-                        format!("http.listen: {:?} is not host:port ({e})", l.get_ref()),
-                    );
-                    std::net::SocketAddr::from(([127, 0, 0, 1], 8000))
-                }
-            },
-        };
-        let http = HttpConfig {
-            enabled: raw.http.enabled.unwrap_or(true),
-            listen,
-        };
         let metrics = MetricsConfig {
             refresh_interval: self
                 .dur(
@@ -1157,6 +1187,13 @@ impl Validator {
                 });
             }
         }
+        let domains: Vec<String> = streams
+            .iter()
+            .map(|s| s.domain.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let edge = self.edge(sfile, stext, &raw.edge, &streams, &domains);
         Config {
             dir: dir.to_path_buf(),
             redis: RedisConfig {
@@ -1165,7 +1202,7 @@ impl Validator {
             },
             retention: RetentionConfig { interval },
             daemon,
-            http,
+            edge,
             metrics,
             streams,
             groups,

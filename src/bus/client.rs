@@ -82,6 +82,8 @@ pub struct Redis {
     client: fred::clients::Client,
     url: String,
     timeout: Duration,
+    /// Per-command options of a fail-fast handle (see [`Redis::fail_fast`]).
+    fast: Option<fred::types::config::Options>,
 }
 
 impl Redis {
@@ -113,6 +115,7 @@ impl Redis {
             client,
             url: url.to_string(),
             timeout,
+            fast: None,
         };
         redis.client.init().await.map_err(BusError::from)?;
         Ok(redis)
@@ -127,6 +130,7 @@ impl Redis {
             client,
             url: self.url.clone(),
             timeout: self.timeout,
+            fast: self.fast.clone(),
         })
     }
 
@@ -149,9 +153,33 @@ impl Redis {
         }));
     }
 
+    /// The same connection, but every command fails at once while it is down, is sent at
+    /// most once (never repeated after a reconnect) and gives up after `timeout`. For
+    /// request/response paths (the HTTP edge) that must answer 503 rather than wait, and
+    /// must not store an event after having answered that it was not stored.
+    pub fn fail_fast(&self, timeout: Duration) -> Redis {
+        Redis {
+            fast: Some(fred::types::config::Options {
+                fail_fast: true,
+                max_attempts: Some(1),
+                timeout: Some(timeout),
+                ..Default::default()
+            }),
+            ..self.clone()
+        }
+    }
+
     /// Sends one command with arbitrary arguments and returns the raw reply.
     pub async fn cmd(&self, name: &'static str, args: Vec<Value>) -> Result<Value, BusError> {
         let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+        if let Some(opts) = &self.fast {
+            return self
+                .client
+                .with_options(opts)
+                .custom::<Value, Value>(cmd, args)
+                .await
+                .map_err(BusError::from);
+        }
         self.client
             .custom::<Value, Value>(cmd, args)
             .await
@@ -185,18 +213,32 @@ impl Redis {
         &self,
         cmds: Vec<(&'static str, Vec<Value>)>,
     ) -> Result<Vec<Result<Value, BusError>>, BusError> {
-        use fred::interfaces::ClientLike as _;
-        let pipe = self.client.pipeline();
-        for (name, args) in cmds {
-            let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
-            let _: () = pipe.custom(cmd, args).await.map_err(BusError::from)?;
+        match &self.fast {
+            Some(opts) => {
+                run_pipeline(
+                    fred::clients::Pipeline::from(self.client.with_options(opts)),
+                    cmds,
+                )
+                .await
+            }
+            None => run_pipeline(self.client.pipeline(), cmds).await,
         }
-        let replies = pipe.try_all::<Value>().await;
-        Ok(replies
-            .into_iter()
-            .map(|r| r.map_err(BusError::from))
-            .collect())
     }
+}
+
+async fn run_pipeline<C: ClientLike>(
+    pipe: fred::clients::Pipeline<C>,
+    cmds: Vec<(&'static str, Vec<Value>)>,
+) -> Result<Vec<Result<Value, BusError>>, BusError> {
+    for (name, args) in cmds {
+        let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+        let _: () = pipe.custom(cmd, args).await.map_err(BusError::from)?;
+    }
+    let replies = pipe.try_all::<Value>().await;
+    Ok(replies
+        .into_iter()
+        .map(|r| r.map_err(BusError::from))
+        .collect())
 }
 
 /// Converts anything string-like or numeric into a command argument.
