@@ -109,11 +109,16 @@ mod tests {
 
     #[test]
     fn records_parse() {
-        let r = parse_record("fp\nid1 1-0\nid2 1-1").unwrap();
+        let r = parse_record("fp\nid1 c1 1-0\nid2 c2 1-1").unwrap();
         assert_eq!(r.fingerprint, "fp");
+        assert_eq!(r.events.len(), 2);
         assert_eq!(
-            r.events,
-            vec![("id1".into(), "1-0".into()), ("id2".into(), "1-1".into())]
+            r.events[1],
+            Stored {
+                event_id: "id2".into(),
+                cid: "c2".into(),
+                entry_id: "1-1".into()
+            }
         );
         assert_eq!(parse_record("fp").unwrap().events, vec![]);
         assert!(parse_record("fp\nbroken").is_none());
