@@ -50,7 +50,6 @@ impl InProc {
                 let _ = tx.send(());
             })),
             role,
-            ..RunOptions::default()
         };
         let handle = tokio::spawn(async move {
             run_with(cfg, opts, shutdown).await.expect("daemon runs");
