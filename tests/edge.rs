@@ -1050,3 +1050,103 @@ async fn seed_routes_answer_after_the_scenario_went_through_the_edge() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_runs_as_the_least_privilege_edge_user() {
+    // The shipped ACL file with passwords for its users, plus an admin for the checks.
+    let acl_dir = TempDir::new("acl");
+    let shipped =
+        std::fs::read_to_string(support::repo_root().join("setup/redis-users.acl")).unwrap();
+    let acl = shipped
+        .replace(
+            "user astra-worker on resetpass",
+            "user astra-worker on resetpass >w",
+        )
+        .replace(
+            "user astra-edge on resetpass",
+            "user astra-edge on resetpass >e",
+        )
+        + "user test-admin on >admin-pass ~* &* +@all\n";
+    let acl_path = acl_dir.join("users.acl");
+    std::fs::write(&acl_path, acl).unwrap();
+    let server = RedisServer::start_with(support::RedisOptions {
+        extra: vec![("aclfile".into(), acl_path.to_string_lossy().into_owned())],
+        admin: Some(("test-admin".into(), "admin-pass".into())),
+        ..Default::default()
+    });
+    let edge_url = server.url_as("astra-edge", "e");
+    // The worker declares and consumes; the edge only publishes and reads.
+    let (_wd, wcfg, _wport) = config(&server.url_as("astra-worker", "w"), |t| t);
+    let worker = InProc::start(wcfg, Registry::builtin()).await;
+    let (_ed, ecfg, port) = config(&edge_url, |t| t);
+    let edge = InProc::start_role(ecfg, Registry::builtin(), Role::Edge).await;
+
+    // Two trades, one of them retried with its idempotency key.
+    for (key, id) in [("k1", "t0"), ("k1", "t0"), ("k2", "t1")] {
+        let r = post_json(
+            port,
+            &format!("/v1/events/{TRADE}"),
+            &[("Idempotency-Key", key), ("X-User-ID", "acl-user")],
+            &trade(id, "acl-user"),
+        )
+        .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+    }
+    let r = post_json(
+        port,
+        "/api/v1/users/register",
+        &[],
+        &json!({"user_id": "acl-user", "display_name": "A"}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let admin = connect(&server.url()).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the worker applied both trades",
+        || async {
+            hgetall_int(&admin, &astra_bus::handlers::user::profile_key("acl-user"))
+                .await
+                .get("trades")
+                == Some(&2)
+        },
+    )
+    .await;
+    wait_until(
+        Duration::from_secs(10),
+        "a health snapshot as the edge",
+        || async { http(port, "GET", "/dashboard", &[], b"").await.status == 200 },
+    )
+    .await;
+    for path in [
+        "/ready",
+        "/v1/streams",
+        "/v1/groups",
+        "/api/v1/gamification/user/acl-user/profile",
+        "/api/v1/gamification/leaderboard/all_time",
+        "/api/v1/social/feed?user=acl-user",
+    ] {
+        let r = http(port, "GET", path, &[("X-User-ID", "acl-user")], b"").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    // What the edge user must not do is refused by Redis itself.
+    let e = connect(&edge_url).await;
+    for (cmd, args) in [
+        ("XADD", vec![streams::XP_AWARDED, "*", "f", "v"]),
+        ("XGROUP", vec!["CREATE", TRADE, "rogue", "0"]),
+        ("XACK", vec![TRADE, "gamification.xp_processing", "0-1"]),
+        ("HSET", vec!["astra:gamification:xp", "acl-user", "1000000"]),
+        ("DEL", vec![TRADE]),
+        ("FLUSHALL", vec![]),
+        ("CONFIG", vec!["GET", "maxmemory"]),
+        ("KEYS", vec!["*"]),
+    ] {
+        let err = e
+            .cmd(cmd, args.into_iter().map(arg).collect())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("NOPERM"), "{cmd}: {err}");
+    }
+    edge.stop().await;
+    worker.stop().await;
+}
