@@ -175,6 +175,16 @@ fn redis_benchmark(port: u16, n: usize) -> (f64, f64) {
     (cols[0], cols.get(5).copied().unwrap_or(f64::NAN))
 }
 
+/// CPU seconds (user + system) the process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat (utime, stime), counted after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 struct Edge {
     child: std::process::Child,
     port: u16,
@@ -252,14 +262,20 @@ fn main() {
             "astra-bus edge benchmark: {n} requests, {CONNS} connections, {} cores",
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
+        let redis0 = server.cpu_seconds();
         let (base, base_p99) = redis_benchmark(server.port, n);
-        println!("baseline  redis-benchmark XADD -c {CONNS} (no pipelining):          {base:>9.0} req/s  p99 {base_p99:.2} ms");
+        let base_cpu = (server.cpu_seconds() - redis0) / n as f64 * 1e6;
+        println!("baseline  redis-benchmark XADD -c {CONNS} (no pipelining):          {base:>9.0} req/s  p99 {base_p99:.2} ms  redis cpu {base_cpu:.1} µs/req");
         for limits in [false, true] {
             let edge = start_edge(&server.url(), limits).await;
+            let cpu0 = cpu_seconds(edge.child.id());
+            let redis0 = server.cpu_seconds();
             let (rps, p50, p99) = saturate(edge.port, n).await;
+            let cpu = (cpu_seconds(edge.child.id()) - cpu0) / n as f64 * 1e6;
+            let redis_cpu = (server.cpu_seconds() - redis0) / n as f64 * 1e6;
             let label = if limits { "on " } else { "off" };
             println!(
-                "edge      POST /v1/events/{{stream}}, rate limits {label}:             {rps:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  ratio {:.2}x baseline",
+                "edge      POST /v1/events/{{stream}}, rate limits {label}:             {rps:>9.0} req/s  p50 {:.2} ms  p99 {:.2} ms  ratio {:.2}x baseline  edge cpu {cpu:.1} µs/req  redis cpu {redis_cpu:.1} µs/req",
                 p50.as_secs_f64() * 1e3,
                 p99.as_secs_f64() * 1e3,
                 rps / base

@@ -178,8 +178,7 @@ async fn publishing_keeps_correlation_and_trace_ids_in_the_entry() {
     wait_until(Duration::from_secs(20), "xp for u1", || async {
         hgetall_int(&redis, &astra_bus::handlers::gamification::xp_key())
             .await
-            .get("u1")
-            .is_some()
+            .contains_key("u1")
     })
     .await;
     daemon.stop().await;
@@ -921,10 +920,9 @@ async fn seed_routes_answer_after_the_scenario_went_through_the_edge() {
         Duration::from_secs(30),
         "registrations processed",
         || async {
-            hgetall_int(&redis, &astra_bus::handlers::user::profile_key("carol"))
+            !hgetall_int(&redis, &astra_bus::handlers::user::profile_key("carol"))
                 .await
                 .is_empty()
-                == false
                 || xlen(&redis, streams::REGISTERED).await == 3
         },
     )
@@ -1149,4 +1147,84 @@ async fn the_edge_runs_as_the_least_privilege_edge_user() {
     }
     edge.stop().await;
     worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_and_slow_requests_are_answered_503() {
+    let server = RedisServer::start();
+    let (_dir, cfg, port) = config(&server.url(), |t| {
+        t.replace("max_concurrency = 1024", "max_concurrency = 1")
+            .replace("request_timeout = \"10s\"", "request_timeout = \"300ms\"")
+    });
+    let daemon = InProc::start_role(cfg, Registry::builtin(), Role::Edge).await;
+    // A client that announces a body and never sends it holds the only slot...
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    slow.write_all(
+        format!(
+            "POST /v1/events/{TRADE} HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so another request is shed at once...
+    let r = http(port, "GET", "/api/v1/social/feed", &[], b"").await;
+    assert_error(&r, 503, "overloaded");
+    assert!(r.header("retry-after").is_some());
+    // ...and the slow one is cut at the request deadline.
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("answered within the deadline")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("\"error\":\"timeout\""), "{text}");
+    // The slot is free again.
+    let r = post_json(port, &format!("/v1/events/{TRADE}"), &[], &trade("t", "u")).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_at_maxmemory_gets_503_and_stores_nothing() {
+    let server = RedisServer::start();
+    let (_dir, cfg, port) = config(&server.url(), |t| t);
+    let daemon = InProc::start_role(cfg, Registry::builtin(), Role::Edge).await;
+    let redis = connect(&server.url()).await;
+    let path = format!("/v1/events/{TRADE}");
+    let r = post_json(port, &path, &[], &trade("t0", "u")).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    server.cli(&["CONFIG", "SET", "maxmemory", "1"]);
+    for key in [None, Some("oom-key")] {
+        let h: Vec<(&str, &str)> = key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+        let r = post_json(port, &path, &h, &trade("t1", "u")).await;
+        let j = assert_error(&r, 503, "redis_out_of_memory");
+        assert!(r.header("retry-after").is_some(), "{j}");
+    }
+    server.cli(&["CONFIG", "SET", "maxmemory", "0"]);
+    assert_eq!(
+        xlen(&redis, TRADE).await,
+        1,
+        "nothing stored while out of memory"
+    );
+    let r = post_json(
+        port,
+        &path,
+        &[("Idempotency-Key", "oom-key")],
+        &trade("t1", "u"),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        r.header("idempotent-replayed"),
+        None,
+        "the refused attempt left no record"
+    );
+    assert_eq!(xlen(&redis, TRADE).await, 2);
+    daemon.stop().await;
 }

@@ -347,9 +347,16 @@ async fn store(
 ) -> Result<(Vec<Stored>, bool), ApiError> {
     let redis = edge.redis()?;
     let Some(key) = idempotency_key(headers)? else {
-        let entries = crate::bus::publish::publish_many(redis, &events)
-            .await
-            .map_err(|e| ApiError::redis(&e))?;
+        // One event: a plain XADD (fred auto-pipelines concurrent requests); several: one
+        // pipelined round.
+        let entries = if let [(s, e)] = events.as_slice() {
+            vec![crate::bus::publish::publish(redis, s, e).await]
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+        } else {
+            crate::bus::publish::publish_many(redis, &events).await
+        }
+        .map_err(|e| ApiError::redis(&e))?;
         for (s, _) in &events {
             edge.metrics.published_to(s);
         }
