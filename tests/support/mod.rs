@@ -105,6 +105,9 @@ pub struct RedisOptions {
     pub extra: Vec<(String, String)>,
     /// (user, password) the harness itself logs in with (when the default user is off).
     pub admin: Option<(String, String)>,
+    /// Extra arguments passed as they are (e.g. `--user astra on >pw ~* &* +@all`, where
+    /// the directive's words must be separate arguments).
+    pub raw_args: Vec<String>,
 }
 
 /// A private `redis-server`, killed (and its directory removed) on drop.
@@ -218,6 +221,21 @@ impl RedisServer {
         get("used_cpu_user") + get("used_cpu_sys")
     }
 
+    /// Kills every connection Redis has open for `user` (`CLIENT KILL USER`); returns how
+    /// many were killed.
+    pub fn client_kill_user(&self, user: &str) -> u64 {
+        self.cli(&["CLIENT", "KILL", "USER", user])
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// `CONFIG SET maxmemory <bytes>` (0 = no limit); with `noeviction` every write is
+    /// refused with OOM while memory is above it.
+    pub fn set_maxmemory(&self, bytes: u64) {
+        let r = self.cli(&["CONFIG", "SET", "maxmemory", &bytes.to_string()]);
+        assert_eq!(r, "OK", "CONFIG SET maxmemory {bytes}");
+    }
+
     /// Runs `redis-cli` against this server and returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
@@ -247,6 +265,7 @@ fn spawn_redis(port: u16, dir: &Path, opts: &RedisOptions, more: &[&str]) -> Chi
     for (k, v) in &opts.extra {
         cmd.arg(format!("--{k}")).arg(v);
     }
+    cmd.args(&opts.raw_args);
     cmd.args(more);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd.spawn()
