@@ -76,12 +76,38 @@ impl From<fred::error::Error> for BusError {
     }
 }
 
-/// A connection (or auto-pipelined set of connections) to Redis.
+/// A connection (or auto-pipelined set of connections) to Redis: one server, a Redis
+/// Cluster (one connection per master, commands routed by hash slot) or the primary that
+/// Sentinels name (followed across failovers).
 #[derive(Clone)]
 pub struct Redis {
     client: fred::clients::Client,
     url: String,
     timeout: Duration,
+    cluster: bool,
+}
+
+/// The Redis Cluster hash slot of a key (CRC16 of the key or of its `{hash tag}`).
+pub fn keyslot(key: &[u8]) -> u16 {
+    fred::util::redis_keyslot(key)
+}
+
+/// Where in `args` the key of command `name` is, for routing in a cluster (a wrong guess
+/// still works, through a MOVED redirect, but costs a round trip).
+fn cluster_hash(name: &str, args: &[Value]) -> ClusterHash {
+    match name {
+        "EVALSHA" | "EVAL" => match args.get(1).and_then(as_int) {
+            Some(n) if n > 0 => ClusterHash::Offset(2),
+            _ => ClusterHash::Random,
+        },
+        "XINFO" | "XGROUP" => ClusterHash::Offset(1),
+        "XREADGROUP" | "XREAD" => args
+            .iter()
+            .position(|a| as_string(a).is_some_and(|s| s.eq_ignore_ascii_case("STREAMS")))
+            .map_or(ClusterHash::FirstKey, |i| ClusterHash::Offset(i + 1)),
+        "SCRIPT" | "PING" | "INFO" | "CLIENT" | "WAIT" | "CONFIG" => ClusterHash::Random,
+        _ => ClusterHash::Offset(0),
+    }
 }
 
 impl Redis {
@@ -90,8 +116,10 @@ impl Redis {
     /// commands get at most two attempts so a write is repeated at most once after a
     /// reconnect, which the consumers' de-duplication by event id absorbs.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Redis, BusError> {
-        let config = FredConfig::from_url(url)
+        let (_, client_url) = crate::config::parse_redis_url(url).map_err(BusError::Command)?;
+        let config = FredConfig::from_url(&client_url)
             .map_err(|e| BusError::Command(format!("invalid redis url {url:?}: {e}")))?;
+        let cluster = config.server.is_clustered();
         let client = fred::types::Builder::from_config(config)
             .with_connection_config(|c: &mut ConnectionConfig| {
                 c.connection_timeout = timeout;
@@ -113,6 +141,7 @@ impl Redis {
             client,
             url: url.to_string(),
             timeout,
+            cluster,
         };
         redis.client.init().await.map_err(BusError::from)?;
         Ok(redis)
@@ -127,7 +156,14 @@ impl Redis {
             client,
             url: self.url.clone(),
             timeout: self.timeout,
+            cluster: self.cluster,
         })
+    }
+
+    /// True when connected to a Redis Cluster: no command, script or transaction may then
+    /// carry keys of two hash slots.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// The URL this client was built from.
@@ -151,7 +187,7 @@ impl Redis {
 
     /// Sends one command with arbitrary arguments and returns the raw reply.
     pub async fn cmd(&self, name: &'static str, args: Vec<Value>) -> Result<Value, BusError> {
-        let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+        let cmd = CustomCommand::new_static(name, cluster_hash(name, &args), false);
         self.client
             .custom::<Value, Value>(cmd, args)
             .await
@@ -188,7 +224,7 @@ impl Redis {
         use fred::interfaces::ClientLike as _;
         let pipe = self.client.pipeline();
         for (name, args) in cmds {
-            let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+            let cmd = CustomCommand::new_static(name, cluster_hash(name, &args), false);
             let _: () = pipe.custom(cmd, args).await.map_err(BusError::from)?;
         }
         let replies = pipe.try_all::<Value>().await;

@@ -353,6 +353,16 @@ impl RedisCluster {
         cluster
     }
 
+    /// The daemon's URL for this cluster: `redis-cluster://` with every master as a seed.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis-cluster://{}", nodes.join(","))
+    }
+
     /// Seed URLs, one per master.
     pub fn urls(&self) -> Vec<String> {
         self.ports
