@@ -241,7 +241,7 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 async fn connect(cfg: &Config) -> anyhow::Result<Redis> {
-    Redis::connect(&cfg.redis.url, cfg.redis.command_timeout)
+    Redis::connect_config(&cfg.redis)
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))
 }

@@ -140,6 +140,21 @@ async fn end_to_end_scenario_is_exact_on_a_redis_cluster() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_scenario_is_exact_behind_sentinels() {
+    // A primary, a replica and three Sentinels; the daemon and the CLI find the primary
+    // through the Sentinels (redis-sentinel:// URL).
+    let set = support::SentinelSet::start();
+    scenario(&set.url(), &set.url()).await;
+    // Everything was written to the primary and replicated.
+    let keys = |s: &RedisServer| s.cli(&["DBSIZE"]).parse::<i64>().unwrap();
+    assert!(keys(&set.primary) > 50);
+    wait_until(Duration::from_secs(10), "the replica caught up", || async {
+        keys(&set.replica) == keys(&set.primary)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_scenario_runs_as_the_least_privilege_worker() {
     // The shipped ACL file, with passwords given to its users and an admin for the test's
     // own checks; the default user is off.

@@ -31,12 +31,25 @@ pub enum BusError {
     /// The reply did not have the shape we expected.
     #[error("unexpected reply to {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
+    /// A publish reached the primary but fewer replicas than `redis.min_replicas_ack`
+    /// confirmed it within `redis.replica_ack_timeout` (WAIT): it could be lost in a
+    /// failover. The event may still be delivered (it is in the stream): retry with the
+    /// same event id, consumers de-duplicate it.
+    #[error("only {acked} of {wanted} replicas acknowledged the write within {timeout_ms} ms")]
+    NotReplicated {
+        wanted: u32,
+        acked: i64,
+        timeout_ms: u64,
+    },
 }
 
 impl BusError {
     /// True when retrying later can succeed (connection trouble, OOM, timeouts).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BusError::Unavailable(_) | BusError::OutOfMemory(_))
+        matches!(
+            self,
+            BusError::Unavailable(_) | BusError::OutOfMemory(_) | BusError::NotReplicated { .. }
+        )
     }
 
     pub(crate) fn protocol(what: &'static str, detail: impl Into<String>) -> Self {
@@ -85,7 +98,16 @@ pub struct Redis {
     url: String,
     timeout: Duration,
     cluster: bool,
+    /// `redis.min_replicas_ack` and its timeout, when publishes must be replicated.
+    replica_ack: Option<(u32, Duration)>,
+    /// Connections that publish when `replica_ack` is set: WAIT blocks the connection it
+    /// runs on, so it never runs on the shared one (opened on first use).
+    publishers: std::sync::Arc<tokio::sync::OnceCell<Vec<Redis>>>,
+    next_publisher: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Publisher connections used when publishes wait for replicas.
+const PUBLISHERS: usize = 4;
 
 /// The Redis Cluster hash slot of a key (CRC16 of the key or of its `{hash tag}`).
 pub fn keyslot(key: &[u8]) -> u16 {
@@ -142,6 +164,9 @@ impl Redis {
             url: url.to_string(),
             timeout,
             cluster,
+            replica_ack: None,
+            publishers: Default::default(),
+            next_publisher: Default::default(),
         };
         redis.client.init().await.map_err(BusError::from)?;
         Ok(redis)
@@ -157,7 +182,65 @@ impl Redis {
             url: self.url.clone(),
             timeout: self.timeout,
             cluster: self.cluster,
+            replica_ack: self.replica_ack,
+            publishers: self.publishers.clone(),
+            next_publisher: self.next_publisher.clone(),
         })
+    }
+
+    /// [`Redis::connect`] with every `[redis]` setting applied (URL, timeout, and
+    /// `min_replicas_ack` for publishes).
+    pub async fn connect_config(cfg: &crate::config::RedisConfig) -> Result<Redis, BusError> {
+        let redis = Redis::connect(&cfg.url, cfg.command_timeout).await?;
+        Ok(redis.with_replica_ack(cfg.min_replicas_ack, cfg.replica_ack_timeout))
+    }
+
+    /// Makes every publish through this client wait until `n` replicas acknowledged it
+    /// (WAIT `n` `timeout`) and fail with [`BusError::NotReplicated`] otherwise; 0 = off.
+    pub fn with_replica_ack(mut self, n: u32, timeout: Duration) -> Redis {
+        self.replica_ack = (n > 0).then_some((n, timeout));
+        self
+    }
+
+    /// `(min_replicas_ack, timeout)` when publishes wait for replicas.
+    pub fn replica_ack(&self) -> Option<(u32, Duration)> {
+        self.replica_ack
+    }
+
+    /// One of the publisher connections (round robin), opened on first use.
+    pub(crate) async fn publisher(&self) -> Result<Redis, BusError> {
+        let pool = self
+            .publishers
+            .get_or_try_init(|| async {
+                let mut pool = Vec::with_capacity(PUBLISHERS);
+                for _ in 0..PUBLISHERS {
+                    pool.push(self.dedicated().await?);
+                }
+                Ok::<_, BusError>(pool)
+            })
+            .await?;
+        let i = self
+            .next_publisher
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(pool[i % pool.len()].clone())
+    }
+
+    /// `WAIT n timeout` on this connection: how many replicas acknowledged every write
+    /// this connection sent so far. Blocks the connection meanwhile.
+    pub(crate) async fn wait_replicas(&self, n: u32, timeout: Duration) -> Result<i64, BusError> {
+        let cmd = CustomCommand::new_static("WAIT", ClusterHash::Random, false);
+        let opts = fred::types::config::Options {
+            timeout: Some(timeout + self.timeout),
+            ..Default::default()
+        };
+        use fred::interfaces::ClientLike as _;
+        let v = self
+            .client
+            .with_options(&opts)
+            .custom::<Value, Value>(cmd, vec![arg(n as i64), arg(timeout.as_millis() as i64)])
+            .await
+            .map_err(BusError::from)?;
+        as_int(&v).ok_or_else(|| BusError::protocol("WAIT", format!("{v:?}")))
     }
 
     /// True when connected to a Redis Cluster: no command, script or transaction may then

@@ -536,3 +536,143 @@ impl Rng {
         lo + self.next() % (hi - lo).max(1)
     }
 }
+
+/// A Sentinel-managed primary with one replica and three Sentinels on loopback (quorum 2,
+/// `down-after-milliseconds` 1000), torn down on drop. The monitored name is
+/// [`SentinelSet::SERVICE`].
+pub struct SentinelSet {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinel_ports: Vec<u16>,
+    dirs: Vec<TempDir>,
+    children: Vec<Child>,
+}
+
+impl SentinelSet {
+    pub const SERVICE: &'static str = "astra";
+
+    /// Starts primary, replica (in sync) and three Sentinels that know each other.
+    pub fn start() -> SentinelSet {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_with(RedisOptions {
+            raw_args: vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port.to_string(),
+            ],
+            ..Default::default()
+        });
+        let mut set = SentinelSet {
+            primary,
+            replica,
+            sentinel_ports: vec![],
+            dirs: vec![],
+            children: vec![],
+        };
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = TempDir::new("sentinel");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {d}\nlogfile {d}/sentinel.log\n\
+                     sentinel monitor {s} 127.0.0.1 {p} 2\nsentinel down-after-milliseconds {s} 1000\n\
+                     sentinel failover-timeout {s} 3000\nsentinel parallel-syncs {s} 1\n",
+                    d = dir.path.display(),
+                    s = Self::SERVICE,
+                    p = set.primary.port
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-sentinel (setup/test installs it)");
+            set.sentinel_ports.push(port);
+            set.dirs.push(dir);
+            set.children.push(child);
+        }
+        // Ready when the replica is in sync and every Sentinel sees the replica and the
+        // two other Sentinels (needed for a quorum and a leader election).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = set
+                .replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up");
+            let known = set.sentinel_ports.iter().all(|p| {
+                let f = Self::master_fields(*p);
+                f.get("num-other-sentinels").map(String::as_str) == Some("2")
+                    && f.get("num-slaves").map(String::as_str) == Some("1")
+            });
+            if synced && known {
+                return set;
+            }
+            assert!(Instant::now() < deadline, "sentinels did not converge");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `SENTINEL MASTER <service>` of one Sentinel as field → value.
+    fn master_fields(port: u16) -> std::collections::HashMap<String, String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "SENTINEL", "MASTER", Self::SERVICE])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_string(), c[1].to_string()))
+            .collect()
+    }
+
+    /// The port of the primary the Sentinels currently name (asks each until one answers).
+    pub fn current_primary_port(&self) -> Option<u16> {
+        self.sentinel_ports.iter().find_map(|p| {
+            let out = Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &p.to_string(),
+                    "SENTINEL",
+                    "GET-MASTER-ADDR-BY-NAME",
+                    Self::SERVICE,
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The daemon's URL: `redis-sentinel://` with the three Sentinels.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "redis-sentinel://{}/0?sentinelServiceName={}",
+            nodes.join(","),
+            Self::SERVICE
+        )
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
