@@ -513,7 +513,7 @@ async fn tail(redis: &Redis, stream: &str, last: usize, follow: bool) -> anyhow:
     loop {
         let read = conn.blocking_cmd(
             "XREAD",
-            4,
+            5, // the stream key (routes the read in a cluster)
             vec![
                 arg("COUNT"),
                 arg(100),
