@@ -278,7 +278,7 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
 }
 
 async fn connect(cfg: &Config) -> anyhow::Result<Redis> {
-    Redis::connect(&cfg.redis.url, cfg.redis.command_timeout)
+    Redis::connect_config(&cfg.redis)
         .await
         .with_context(|| format!("cannot connect to redis at {}", cfg.redis.url))
 }
@@ -589,7 +589,7 @@ async fn tail(redis: &Redis, stream: &str, last: usize, follow: bool) -> anyhow:
     loop {
         let read = conn.blocking_cmd(
             "XREAD",
-            4,
+            5, // the stream key (routes the read in a cluster)
             vec![
                 arg("COUNT"),
                 arg(100),

@@ -113,10 +113,16 @@ struct RawStreamsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRedis {
-    /// `redis://[user:pass@]host:port[/db]`. Overridden by `ASTRA_REDIS_URL`.
+    /// `redis://[user:pass@]host:port[/db]`, `redis-cluster://host:port,host:port,…` or
+    /// `redis-sentinel://host:port,…/db?sentinelServiceName=name`. Overridden by
+    /// `ASTRA_REDIS_URL`.
     url: Spanned<String>,
     /// Per-command timeout.
     command_timeout: Option<Spanned<String>>,
+    /// Replicas that must acknowledge a publish (WAIT) before it counts as done.
+    min_replicas_ack: Option<Spanned<i64>>,
+    /// How long a publish waits for those replicas.
+    replica_ack_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -256,8 +262,115 @@ pub struct Config {
 pub struct RedisConfig {
     /// Connection URL.
     pub url: String,
+    /// Single node, cluster or sentinel (from the URL's scheme).
+    pub mode: RedisMode,
     /// Per-command timeout.
     pub command_timeout: Duration,
+    /// Replicas that must acknowledge every publish (`WAIT n timeout`); 0 = do not wait.
+    pub min_replicas_ack: u32,
+    /// How long a publish waits for `min_replicas_ack` replicas.
+    pub replica_ack_timeout: Duration,
+}
+
+/// The kind of Redis deployment `redis.url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// `redis://` or `rediss://`: one server (or whatever a proxy presents as one).
+    Single,
+    /// `redis-cluster://` or `rediss-cluster://`: a Redis Cluster, found from seed nodes.
+    Cluster,
+    /// `redis-sentinel://` or `rediss-sentinel://`: the primary that Sentinels name.
+    Sentinel,
+}
+
+/// Splits `[userinfo@]hosts[/path][?query]` into (userinfo, hosts, path).
+fn split_hosts(rest: &str) -> (Option<&str>, &str, &str) {
+    let before_query = rest.split_once('?').map_or(rest, |(b, _)| b);
+    let (userinfo, hosts_path) = match before_query.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, before_query),
+    };
+    let (hosts, path) = hosts_path.split_once('/').unwrap_or((hosts_path, ""));
+    (userinfo, hosts, path)
+}
+
+/// Checks `redis.url` and returns its mode plus the URL in the form the client takes.
+///
+/// Accepted: `redis[s]://[user:pass@]host:port[/db]`;
+/// `redis[s]-cluster://[user:pass@]host:port,host:port,…` (seed nodes; any one is enough,
+/// the rest of the cluster is discovered); `redis[s]-sentinel://[user:pass@]host:port,
+/// host:port,…[/db]?sentinelServiceName=<name>` (Sentinel addresses; the name of the
+/// monitored primary is required). `?node=host:port` parameters are accepted as well as
+/// the comma list.
+pub fn parse_redis_url(url: &str) -> Result<(RedisMode, String), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("redis.url must look like redis://host:port, got {url:?}"))?;
+    let mode = match scheme {
+        "redis" | "rediss" => return Ok((RedisMode::Single, url.to_string())),
+        "redis-cluster" | "rediss-cluster" => RedisMode::Cluster,
+        "redis-sentinel" | "rediss-sentinel" => RedisMode::Sentinel,
+        _ => {
+            return Err(format!(
+                "redis.url must start with redis://, rediss://, redis-cluster:// or redis-sentinel://, got {url:?}"
+            ));
+        }
+    };
+    let example = match mode {
+        RedisMode::Cluster => "redis-cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
+        _ => "redis-sentinel://10.0.0.1:26379,10.0.0.2:26379/0?sentinelServiceName=astra",
+    };
+    let (userinfo, hosts, path) = split_hosts(rest);
+    let list: Vec<&str> = hosts.split(',').collect();
+    for h in &list {
+        let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(format!(
+                "redis.url: every node must be host:port (comma-separated), got {h:?} in {url:?}; e.g. {example}"
+            ));
+        }
+    }
+    let query = rest.split_once('?').map(|(_, q)| q).unwrap_or("");
+    if mode == RedisMode::Sentinel
+        && !query.split('&').any(|kv| {
+            kv.strip_prefix("sentinelServiceName=")
+                .is_some_and(|v| !v.is_empty())
+        })
+    {
+        return Err(format!(
+            "redis.url: a sentinel URL needs ?sentinelServiceName=<primary name>, got {url:?}; e.g. {example}"
+        ));
+    }
+    if mode == RedisMode::Cluster && !path.is_empty() && path != "0" {
+        return Err(format!(
+            "redis.url: Redis Cluster has only database 0, got /{path} in {url:?}"
+        ));
+    }
+    // The client's form: first node as the authority, the others as `node=` parameters.
+    let mut out = format!("{scheme}://");
+    if let Some(u) = userinfo {
+        out.push_str(u);
+        out.push('@');
+    }
+    out.push_str(list[0]);
+    if !path.is_empty() {
+        out.push('/');
+        out.push_str(path);
+    }
+    let mut params: Vec<String> = list[1..].iter().map(|h| format!("node={h}")).collect();
+    params.extend(
+        query
+            .split('&')
+            .filter(|q| !q.is_empty())
+            .map(str::to_string),
+    );
+    if !params.is_empty() {
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    Ok((mode, out))
 }
 
 /// Retention loop settings.
@@ -419,7 +532,24 @@ impl Config {
         }
         let mut cfg = Self::from_sources_for(dir, &sources, registry)?;
         if let Some(url) = env("ASTRA_REDIS_URL").filter(|s| !s.is_empty()) {
+            let (mode, _) = parse_redis_url(&url).map_err(|message| {
+                ConfigError::Invalid(vec![Diagnostic {
+                    file: "ASTRA_REDIS_URL (environment)".into(),
+                    line: 1,
+                    col: 1,
+                    message,
+                }])
+            })?;
             cfg.redis.url = url;
+            cfg.redis.mode = mode;
+            if mode == RedisMode::Cluster && cfg.redis.min_replicas_ack > 0 {
+                return Err(ConfigError::Invalid(vec![Diagnostic {
+                    file: "ASTRA_REDIS_URL (environment)".into(),
+                    line: 1,
+                    col: 1,
+                    message: "redis.min_replicas_ack is not supported with redis-cluster:// (set it to 0)".into(),
+                }]));
+            }
         }
         if let Some(i) = env("ASTRA_INSTANCE").filter(|s| !s.is_empty()) {
             cfg.daemon.instance = i;
@@ -836,14 +966,44 @@ impl Validator {
         let day = Duration::from_secs(86_400);
         // Connection.
         let url = raw.redis.url.get_ref().clone();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let mode = match parse_redis_url(&url) {
+            Ok((mode, _)) => mode,
+            Err(message) => {
+                self.at(sfile, stext, raw.redis.url.span(), message);
+                RedisMode::Single
+            }
+        };
+        let min_replicas_ack = self
+            .int(
+                sfile,
+                stext,
+                "redis.min_replicas_ack",
+                &raw.redis.min_replicas_ack,
+                0..17,
+            )
+            .unwrap_or(0) as u32;
+        if min_replicas_ack > 0
+            && mode == RedisMode::Cluster
+            && let Some(v) = &raw.redis.min_replicas_ack
+        {
             self.at(
                 sfile,
                 stext,
-                raw.redis.url.span(),
-                format!("redis.url must start with redis:// or rediss://, got {url:?}"),
+                v.span(),
+                "redis.min_replicas_ack is not supported with redis-cluster:// (set it to 0)"
+                    .into(),
             );
         }
+        let replica_ack_timeout = self
+            .dur(
+                sfile,
+                stext,
+                "redis.replica_ack_timeout",
+                &raw.redis.replica_ack_timeout,
+                ms(1),
+                ms(60_000),
+            )
+            .unwrap_or(Duration::from_secs(1));
         let command_timeout = self
             .dur(
                 sfile,
@@ -1198,7 +1358,10 @@ impl Validator {
             dir: dir.to_path_buf(),
             redis: RedisConfig {
                 url,
+                mode,
                 command_timeout,
+                min_replicas_ack,
+                replica_ack_timeout,
             },
             retention: RetentionConfig { interval },
             daemon,

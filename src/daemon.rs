@@ -67,7 +67,7 @@ async fn health_loop(
 pub async fn connect_with_retry(cfg: &Config, shutdown: &mut Shutdown) -> Option<Redis> {
     let mut backoff = redis_backoff();
     loop {
-        match Redis::connect(&cfg.redis.url, cfg.redis.command_timeout).await {
+        match Redis::connect_config(&cfg.redis).await {
             Ok(r) => return Some(r),
             Err(e) => {
                 let d = backoff.next().unwrap_or(Duration::from_secs(5));

@@ -71,7 +71,17 @@ pub async fn publish_once(
             args.push(Value::Bytes(v.into()));
         }
     }
-    let v = SCRIPT.call(redis, keys, args).await?;
+    // With `redis.min_replicas_ack`, the script runs on a publisher connection and a WAIT
+    // follows, as for plain publishes (WAIT blocks its connection).
+    let ack = redis.replica_ack();
+    let conn = match ack {
+        Some(_) => redis.publisher().await?,
+        None => redis.clone(),
+    };
+    let v = SCRIPT.call(&conn, keys, args).await?;
+    if let Some((n, timeout)) = ack {
+        super::publish::wait_for_replicas(&conn, n, timeout).await?;
+    }
     let bad = || BusError::protocol("idempotent publish script", "malformed reply");
     let a = as_array(v).ok_or_else(bad)?;
     let fresh = a.first().and_then(as_int).ok_or_else(bad)? == 1;

@@ -92,6 +92,15 @@ impl ApiError {
                 "Redis is not reachable; nothing was stored, retry later",
                 Duration::from_secs(1),
             ),
+            BusError::NotReplicated { .. } => Self::unavailable(
+                "not_replicated",
+                format!(
+                    "{e}: the event is on the primary but not confirmed on enough replicas \
+                     (redis.min_replicas_ack), so a failover could lose it; retry later with \
+                     the same Idempotency-Key to avoid a second copy"
+                ),
+                Duration::from_secs(1),
+            ),
             other => {
                 tracing::error!(error = %other, "edge: redis command failed");
                 Self::unavailable(
