@@ -1228,3 +1228,76 @@ async fn redis_at_maxmemory_gets_503_and_stores_nothing() {
     assert_eq!(xlen(&redis, TRADE).await, 2);
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_edge_works_on_a_redis_cluster() {
+    // Rate-limit keys share one hash tag, idempotency records share their stream's slot,
+    // reads are single-key commands: everything routes on a 3-master cluster.
+    let cluster = support::RedisCluster::start();
+    let (_dir, cfg, port) = config(&cluster.url(), |t| {
+        t.replace("per_user = 200", "per_user = 50")
+    });
+    let daemon = InProc::start(cfg, Registry::builtin()).await;
+    let redis = connect(&cluster.url()).await;
+    let r = http(port, "GET", "/ready", &[], b"").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A batch across streams in three slots, retried with its idempotency key.
+    let batch = json!({"events": [
+        {"stream": streams::REGISTERED, "data": {"user_id": "cu", "display_name": "C"}},
+        {"stream": TRADE, "data": trade("ct1", "cu")},
+        {"stream": streams::INTERACTION, "data": {"user_id": "cu", "target_user_id": "x", "kind": "like"}},
+    ]});
+    let a = post_json(
+        port,
+        "/v1/events",
+        &[("Idempotency-Key", "c-1"), ("X-User-ID", "cu")],
+        &batch,
+    )
+    .await;
+    let b = post_json(
+        port,
+        "/v1/events",
+        &[("Idempotency-Key", "c-1"), ("X-User-ID", "cu")],
+        &batch,
+    )
+    .await;
+    assert_eq!(a.status, 202, "{}", a.body);
+    assert_eq!(b.header("idempotent-replayed"), Some("true"), "{}", b.body);
+    assert_eq!(a.json()["events"], b.json()["events"]);
+    let r = post_json(
+        port,
+        &format!("/v1/events/{TRADE}"),
+        &[("X-User-ID", "cu")],
+        &trade("ct2", "cu"),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(
+        r.header("x-ratelimit-remaining"),
+        Some("47"),
+        "three requests counted"
+    );
+    wait_until(Duration::from_secs(30), "both trades applied", || async {
+        let r = http(
+            port,
+            "GET",
+            "/api/v1/gamification/user/cu/profile",
+            &[("X-User-ID", "cu")],
+            b"",
+        )
+        .await;
+        r.status == 200 && r.json()["trades"] == 2
+    })
+    .await;
+    assert_eq!(xlen(&redis, TRADE).await, 2);
+    for path in [
+        "/api/v1/gamification/leaderboard/all_time",
+        "/api/v1/social/feed",
+        "/v1/groups",
+        "/v1/streams",
+    ] {
+        let r = http(port, "GET", path, &[("X-User-ID", "cu")], b"").await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
+    }
+    daemon.stop().await;
+}

@@ -280,7 +280,9 @@ impl Redis {
         Redis {
             fast: Some(fred::types::config::Options {
                 fail_fast: true,
-                max_attempts: Some(1),
+                // In a cluster a command may need a second attempt to follow a slot move
+                // (MOVED/ASK); one attempt fails those outright.
+                max_attempts: Some(if self.cluster { 2 } else { 1 }),
                 timeout: Some(timeout),
                 ..Default::default()
             }),
