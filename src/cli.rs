@@ -37,6 +37,29 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `key` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Generate a random key; prints it once (give it to the client) and the
+    /// `[[edge.key]]` entry with its SHA-256 (put that in the config).
+    ///
+    /// Example: astra-bus key new mobile-app --scope 'publish:astra.trading.*' --scope read
+    New {
+        /// Who holds the key.
+        name: String,
+        /// Scopes: `publish:<stream>`, `publish:<prefix>*`, `read`, `ops`, `*`.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// The user the key acts as for per-user rate limits.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Print the SHA-256 (hex) of a key read from stdin, as `sha256` in `[[edge.key]]`.
+    ///
+    /// Example: printf %s "$KEY" | astra-bus key hash
+    Hash,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -62,9 +85,23 @@ pub enum Command {
     /// SIGTERM or Ctrl-C: stop reading, finish in-flight work, exit 0 within
     /// daemon.shutdown_deadline (unfinished entries stay pending and are reclaimed later).
     /// SIGHUP: reload the configuration (an invalid one is logged and the old one kept).
+    /// `--role edge` runs only the HTTP edge (no consumer groups, no declare, no
+    /// retention), e.g. as a Redis user that may only publish and read.
     ///
     /// Example: astra-bus run --config /etc/astra-bus
-    Run,
+    Run {
+        /// What to run: `all` (groups, retention and the HTTP edge) or `edge` (HTTP only).
+        #[arg(long, default_value = "all", value_parser = ["all", "edge"])]
+        role: String,
+    },
+
+    /// API keys for the HTTP edge.
+    ///
+    /// Example: astra-bus key new mobile-app --scope 'publish:astra.trading.*' --scope read
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
 
     /// Publish one event (JSON payload) to a declared stream; prints event and entry id.
     ///
@@ -191,7 +228,7 @@ pub enum DlqAction {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Run) {
+    if !matches!(cli.command, Command::Run { .. }) {
         // One-shot commands behave like Unix tools: `astra-bus status | head` ends quietly
         // when the reader goes away instead of panicking on a broken pipe. (The daemon
         // keeps Rust's default of ignoring SIGPIPE: its sockets must never kill it.)
@@ -265,7 +302,8 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             redis.quit().await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run => run_daemon(&cli).await,
+        Command::Run { role } => run_daemon(&cli, role).await,
+        Command::Key { action } => key_command(action),
         Command::Publish {
             stream,
             json,
@@ -416,7 +454,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
+fn key_command(action: &KeyAction) -> anyhow::Result<ExitCode> {
+    use crate::config::{hex, key_sha256};
+    match action {
+        KeyAction::New { name, scopes, user } => {
+            let mut raw = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+                .context("reading /dev/urandom")?;
+            let key = format!("astra_{}", hex(&raw));
+            let scopes: Vec<String> = scopes.iter().map(|s| format!("{s:?}")).collect();
+            println!("# key (give it to the client; it is not stored anywhere):");
+            println!("# {key}");
+            println!("[[edge.key]]");
+            println!("name = {name:?}");
+            println!("sha256 = \"{}\"", hex(&key_sha256(&key)));
+            println!("scopes = [{}]", scopes.join(", "));
+            if let Some(u) = user {
+                println!("user = {u:?}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeyAction::Hash => {
+            let mut key = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut key)?;
+            let key = key.trim_end_matches(['\n', '\r']);
+            anyhow::ensure!(!key.is_empty(), "no key on stdin");
+            println!("{}", hex(&key_sha256(key)));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn run_daemon(cli: &Cli, role: &str) -> anyhow::Result<ExitCode> {
+    let role = if role == "edge" {
+        crate::daemon::Role::Edge
+    } else {
+        crate::daemon::Role::All
+    };
     use tokio::signal::unix::{SignalKind, signal};
     // Handlers first: a SIGTERM that arrives while the config loads must drain, not kill.
     let mut term = signal(SignalKind::terminate())?;
@@ -445,6 +520,7 @@ async fn run_daemon(cli: &Cli) -> anyhow::Result<ExitCode> {
     loop {
         let (trigger, shutdown) = Shutdown::new();
         let opts = RunOptions {
+            role,
             metrics: metrics.clone(),
             on_ready: Some(Box::new(|| {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
@@ -521,7 +597,7 @@ async fn tail(redis: &Redis, stream: &str, last: usize, follow: bool) -> anyhow:
     loop {
         let read = conn.blocking_cmd(
             "XREAD",
-            4,
+            5, // the stream key (routes the read in a cluster)
             vec![
                 arg("COUNT"),
                 arg(100),

@@ -15,6 +15,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+mod edge;
+pub use edge::{
+    ApiKey, AuthMode, EdgeConfig, RateLimitConfig, Scope, hex, key_sha256, valid_user_id,
+};
+
 /// Name of the file that holds the connection, defaults and stream catalog.
 pub const STREAMS_FILE: &str = "streams.toml";
 /// Directory (under the config dir) holding one `<domain>.toml` per domain.
@@ -94,9 +99,9 @@ struct RawStreamsFile {
     /// Daemon-wide settings.
     #[serde(default)]
     daemon: RawDaemon,
-    /// The daemon's HTTP listener (`/metrics`, `/health`).
+    /// The HTTP edge (publish API, projection reads, `/metrics`, `/health`, `/ready`).
     #[serde(default)]
-    http: RawHttp,
+    edge: edge::RawEdge,
     /// Metrics collection.
     #[serde(default)]
     metrics: RawMetrics,
@@ -108,7 +113,9 @@ struct RawStreamsFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRedis {
-    /// `redis://[user:pass@]host:port[/db]`. Overridden by `ASTRA_REDIS_URL`.
+    /// `redis://[user:pass@]host:port[/db]`, `redis-cluster://host:port,host:port,…` or
+    /// `redis-sentinel://host:port,…/db?sentinelServiceName=name`. Overridden by
+    /// `ASTRA_REDIS_URL`.
     url: Spanned<String>,
     /// Per-command timeout.
     command_timeout: Option<Spanned<String>>,
@@ -116,6 +123,10 @@ struct RawRedis {
     password_file: Option<String>,
     /// PEM file of the CA(s) that sign the server's TLS certificate. `ASTRA_REDIS_CA_FILE`.
     tls_ca_file: Option<String>,
+    /// Replicas that must acknowledge a publish (WAIT) before it counts as done.
+    min_replicas_ack: Option<Spanned<i64>>,
+    /// How long a publish waits for those replicas.
+    replica_ack_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -159,15 +170,6 @@ struct RawDaemon {
     consumer_idle_limit: Option<Spanned<String>>,
     /// How long a processed event id is remembered for de-duplication.
     dedup_ttl: Option<Spanned<String>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    /// Serve HTTP at all.
-    enabled: Option<bool>,
-    /// `host:port` to listen on. Overridden by `ASTRA_HTTP_LISTEN`.
-    listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,8 +251,8 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// Daemon-wide settings.
     pub daemon: DaemonConfig,
-    /// HTTP listener.
-    pub http: HttpConfig,
+    /// The HTTP edge.
+    pub edge: EdgeConfig,
     /// Metrics collection.
     pub metrics: MetricsConfig,
     /// The stream catalog, in file order.
@@ -264,6 +266,8 @@ pub struct Config {
 pub struct RedisConfig {
     /// Connection URL.
     pub url: String,
+    /// Single node, cluster or sentinel (from the URL's scheme).
+    pub mode: RedisMode,
     /// Per-command timeout.
     pub command_timeout: Duration,
     /// File whose content (trailing newline removed) is the password, read at each
@@ -273,6 +277,111 @@ pub struct RedisConfig {
     /// PEM file of the CA certificates trusted for `rediss://` instead of the system's.
     /// Relative to the config directory.
     pub tls_ca_file: Option<PathBuf>,
+    /// Replicas that must acknowledge every publish (`WAIT n timeout`); 0 = do not wait.
+    pub min_replicas_ack: u32,
+    /// How long a publish waits for `min_replicas_ack` replicas.
+    pub replica_ack_timeout: Duration,
+}
+
+/// The kind of Redis deployment `redis.url` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// `redis://` or `rediss://`: one server (or whatever a proxy presents as one).
+    Single,
+    /// `redis-cluster://` or `rediss-cluster://`: a Redis Cluster, found from seed nodes.
+    Cluster,
+    /// `redis-sentinel://` or `rediss-sentinel://`: the primary that Sentinels name.
+    Sentinel,
+}
+
+/// Splits `[userinfo@]hosts[/path][?query]` into (userinfo, hosts, path).
+fn split_hosts(rest: &str) -> (Option<&str>, &str, &str) {
+    let before_query = rest.split_once('?').map_or(rest, |(b, _)| b);
+    let (userinfo, hosts_path) = match before_query.rsplit_once('@') {
+        Some((u, h)) => (Some(u), h),
+        None => (None, before_query),
+    };
+    let (hosts, path) = hosts_path.split_once('/').unwrap_or((hosts_path, ""));
+    (userinfo, hosts, path)
+}
+
+/// Checks `redis.url` and returns its mode plus the URL in the form the client takes.
+///
+/// Accepted: `redis[s]://[user:pass@]host:port[/db]`;
+/// `redis[s]-cluster://[user:pass@]host:port,host:port,…` (seed nodes; any one is enough,
+/// the rest of the cluster is discovered); `redis[s]-sentinel://[user:pass@]host:port,
+/// host:port,…[/db]?sentinelServiceName=<name>` (Sentinel addresses; the name of the
+/// monitored primary is required). `?node=host:port` parameters are accepted as well as
+/// the comma list.
+pub fn parse_redis_url(url: &str) -> Result<(RedisMode, String), String> {
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("redis.url must look like redis://host:port, got {url:?}"))?;
+    let mode = match scheme {
+        "redis" | "rediss" => return Ok((RedisMode::Single, url.to_string())),
+        "redis-cluster" | "rediss-cluster" => RedisMode::Cluster,
+        "redis-sentinel" | "rediss-sentinel" => RedisMode::Sentinel,
+        _ => {
+            return Err(format!(
+                "redis.url must start with redis://, rediss://, redis-cluster:// or redis-sentinel://, got {url:?}"
+            ));
+        }
+    };
+    let example = match mode {
+        RedisMode::Cluster => "redis-cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
+        _ => "redis-sentinel://10.0.0.1:26379,10.0.0.2:26379/0?sentinelServiceName=astra",
+    };
+    let (userinfo, hosts, path) = split_hosts(rest);
+    let list: Vec<&str> = hosts.split(',').collect();
+    for h in &list {
+        let ok = h.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(format!(
+                "redis.url: every node must be host:port (comma-separated), got {h:?} in {url:?}; e.g. {example}"
+            ));
+        }
+    }
+    let query = rest.split_once('?').map(|(_, q)| q).unwrap_or("");
+    if mode == RedisMode::Sentinel
+        && !query.split('&').any(|kv| {
+            kv.strip_prefix("sentinelServiceName=")
+                .is_some_and(|v| !v.is_empty())
+        })
+    {
+        return Err(format!(
+            "redis.url: a sentinel URL needs ?sentinelServiceName=<primary name>, got {url:?}; e.g. {example}"
+        ));
+    }
+    if mode == RedisMode::Cluster && !path.is_empty() && path != "0" {
+        return Err(format!(
+            "redis.url: Redis Cluster has only database 0, got /{path} in {url:?}"
+        ));
+    }
+    // The client's form: first node as the authority, the others as `node=` parameters.
+    let mut out = format!("{scheme}://");
+    if let Some(u) = userinfo {
+        out.push_str(u);
+        out.push('@');
+    }
+    out.push_str(list[0]);
+    if !path.is_empty() {
+        out.push('/');
+        out.push_str(path);
+    }
+    let mut params: Vec<String> = list[1..].iter().map(|h| format!("node={h}")).collect();
+    params.extend(
+        query
+            .split('&')
+            .filter(|q| !q.is_empty())
+            .map(str::to_string),
+    );
+    if !params.is_empty() {
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    Ok((mode, out))
 }
 
 /// Retention loop settings.
@@ -293,15 +402,6 @@ pub struct DaemonConfig {
     pub consumer_idle_limit: Duration,
     /// How long processed event ids are remembered.
     pub dedup_ttl: Duration,
-}
-
-/// The daemon's HTTP listener.
-#[derive(Debug, Clone)]
-pub struct HttpConfig {
-    /// Serve HTTP.
-    pub enabled: bool,
-    /// Address to listen on.
-    pub listen: std::net::SocketAddr,
 }
 
 /// Metrics collection.
@@ -443,7 +543,24 @@ impl Config {
         }
         let mut cfg = Self::from_sources_for(dir, &sources, registry)?;
         if let Some(url) = env("ASTRA_REDIS_URL").filter(|s| !s.is_empty()) {
+            let (mode, _) = parse_redis_url(&url).map_err(|message| {
+                ConfigError::Invalid(vec![Diagnostic {
+                    file: "ASTRA_REDIS_URL (environment)".into(),
+                    line: 1,
+                    col: 1,
+                    message,
+                }])
+            })?;
             cfg.redis.url = url;
+            cfg.redis.mode = mode;
+            if mode == RedisMode::Cluster && cfg.redis.min_replicas_ack > 0 {
+                return Err(ConfigError::Invalid(vec![Diagnostic {
+                    file: "ASTRA_REDIS_URL (environment)".into(),
+                    line: 1,
+                    col: 1,
+                    message: "redis.min_replicas_ack is not supported with redis-cluster:// (set it to 0)".into(),
+                }]));
+            }
         }
         if let Some(f) = env("ASTRA_REDIS_PASSWORD_FILE").filter(|s| !s.is_empty()) {
             cfg.redis.password_file = Some(dir.join(f));
@@ -454,15 +571,77 @@ impl Config {
         if let Some(i) = env("ASTRA_INSTANCE").filter(|s| !s.is_empty()) {
             cfg.daemon.instance = i;
         }
+        let env_diag = |var: &str, message: String| {
+            ConfigError::Invalid(vec![Diagnostic {
+                file: var.into(),
+                line: 1,
+                col: 1,
+                message,
+            }])
+        };
         if let Some(l) = env("ASTRA_HTTP_LISTEN").filter(|s| !s.is_empty()) {
-            cfg.http.listen = l.parse().map_err(|e| {
-                ConfigError::Invalid(vec![Diagnostic {
-                    file: "ASTRA_HTTP_LISTEN".into(),
-                    line: 1,
-                    col: 1,
-                    message: format!("{l:?} is not host:port ({e})"),
-                }])
+            cfg.edge.listen = l.parse().map_err(|e| {
+                env_diag("ASTRA_HTTP_LISTEN", format!("{l:?} is not host:port ({e})"))
             })?;
+        }
+        if let Some(a) = env("ASTRA_EDGE_AUTH").filter(|s| !s.is_empty()) {
+            cfg.edge.auth = match a.as_str() {
+                "off" => AuthMode::Off,
+                "keys" => AuthMode::Keys,
+                _ => {
+                    return Err(env_diag(
+                        "ASTRA_EDGE_AUTH",
+                        format!("must be \"off\" or \"keys\", got {a:?}"),
+                    ));
+                }
+            };
+            cfg.edge.auth_origin = ("ASTRA_EDGE_AUTH".into(), 1, 1);
+        }
+        if let Some(f) = env("ASTRA_EDGE_KEYS_FILE").filter(|s| !s.is_empty()) {
+            cfg.edge.keys_file = Some(PathBuf::from(f));
+        }
+        if let Some(f) = cfg.edge.keys_file.clone() {
+            let path = dir.join(&f);
+            let text = read(&path)?;
+            let mut v = Validator {
+                diags: vec![],
+                known: vec![],
+            };
+            let keys = v.keys_file(&path.display().to_string(), &text, &cfg.streams);
+            if !v.diags.is_empty() {
+                return Err(ConfigError::Invalid(v.diags));
+            }
+            for k in keys {
+                if cfg
+                    .edge
+                    .keys
+                    .iter()
+                    .any(|o| o.name == k.name || o.sha256 == k.sha256)
+                {
+                    return Err(env_diag(
+                        &path.display().to_string(),
+                        format!(
+                            "edge key {:?} is also configured inline (same name or sha256)",
+                            k.name
+                        ),
+                    ));
+                }
+                cfg.edge.keys.push(k);
+            }
+        }
+        if let Some(d) = cfg.edge.exposure_problem() {
+            return Err(ConfigError::Invalid(vec![d]));
+        }
+        if cfg.edge.auth == AuthMode::Keys && cfg.edge.keys.is_empty() {
+            let (file, line, col) = cfg.edge.auth_origin.clone();
+            return Err(ConfigError::Invalid(vec![Diagnostic {
+                file,
+                line,
+                col,
+                message: "edge.auth = \"keys\" but no keys are configured: add [[edge.key]] \
+                          entries or an edge.keys_file (`astra-bus key new` prints one)"
+                    .into(),
+            }]));
         }
         Ok(cfg)
     }
@@ -804,14 +983,44 @@ impl Validator {
         let day = Duration::from_secs(86_400);
         // Connection.
         let url = raw.redis.url.get_ref().clone();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        let mode = match parse_redis_url(&url) {
+            Ok((mode, _)) => mode,
+            Err(message) => {
+                self.at(sfile, stext, raw.redis.url.span(), message);
+                RedisMode::Single
+            }
+        };
+        let min_replicas_ack = self
+            .int(
+                sfile,
+                stext,
+                "redis.min_replicas_ack",
+                &raw.redis.min_replicas_ack,
+                0..17,
+            )
+            .unwrap_or(0) as u32;
+        if min_replicas_ack > 0
+            && mode == RedisMode::Cluster
+            && let Some(v) = &raw.redis.min_replicas_ack
+        {
             self.at(
                 sfile,
                 stext,
-                raw.redis.url.span(),
-                format!("redis.url must start with redis:// or rediss://, got {url:?}"),
+                v.span(),
+                "redis.min_replicas_ack is not supported with redis-cluster:// (set it to 0)"
+                    .into(),
             );
         }
+        let replica_ack_timeout = self
+            .dur(
+                sfile,
+                stext,
+                "redis.replica_ack_timeout",
+                &raw.redis.replica_ack_timeout,
+                ms(1),
+                ms(60_000),
+            )
+            .unwrap_or(Duration::from_secs(1));
         let command_timeout = self
             .dur(
                 sfile,
@@ -903,25 +1112,6 @@ impl Validator {
                 .unwrap_or(day),
         };
 
-        let listen = match &raw.http.listen {
-            None => std::net::SocketAddr::from(([127, 0, 0, 1], 8000)),
-            Some(l) => match l.get_ref().parse() {
-                Ok(a) => a,
-                Err(e) => {
-                    self.at(
-                        sfile,
-                        stext,
-                        l.span(),
-                        format!("http.listen: {:?} is not host:port ({e})", l.get_ref()),
-                    );
-                    std::net::SocketAddr::from(([127, 0, 0, 1], 8000))
-                }
-            },
-        };
-        let http = HttpConfig {
-            enabled: raw.http.enabled.unwrap_or(true),
-            listen,
-        };
         let metrics = MetricsConfig {
             refresh_interval: self
                 .dur(
@@ -1174,18 +1364,28 @@ impl Validator {
                 });
             }
         }
+        let domains: Vec<String> = streams
+            .iter()
+            .map(|s| s.domain.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let edge = self.edge(sfile, stext, &raw.edge, &streams, &domains);
         Config {
             dir: dir.to_path_buf(),
             redis: RedisConfig {
                 url,
+                mode,
                 command_timeout,
                 // `dir.join` keeps an absolute path as it is.
                 password_file: raw.redis.password_file.map(|f| dir.join(f)),
                 tls_ca_file: raw.redis.tls_ca_file.map(|f| dir.join(f)),
+                min_replicas_ack,
+                replica_ack_timeout,
             },
             retention: RetentionConfig { interval },
             daemon,
-            http,
+            edge,
             metrics,
             streams,
             groups,

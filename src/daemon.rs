@@ -15,6 +15,7 @@ use crate::bus::reclaim::reclaim_loop;
 use crate::bus::retention::retention_loop;
 use crate::bus::{BusError, Redis};
 use crate::config::Config;
+use crate::edge::{Edge, LatestSnapshot};
 use crate::handlers::Registry;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -30,7 +31,7 @@ pub enum RunError {
     #[error(transparent)]
     Redis(#[from] BusError),
     /// The HTTP listener could not bind.
-    #[error("http.listen {addr}: {source}")]
+    #[error("edge.listen {addr}: {source}")]
     Http {
         addr: std::net::SocketAddr,
         #[source]
@@ -40,10 +41,19 @@ pub enum RunError {
 
 /// Reads stream and group health from Redis every `interval` (one pipelined round) into
 /// the metrics, so scrapes are served from memory.
-async fn health_loop(redis: Redis, config: Config, metrics: Arc<Metrics>, mut shutdown: Shutdown) {
+async fn health_loop(
+    redis: Redis,
+    config: Config,
+    metrics: Arc<Metrics>,
+    latest: LatestSnapshot,
+    mut shutdown: Shutdown,
+) {
     loop {
         match crate::bus::status::snapshot(&redis, &config).await {
-            Ok(snap) => metrics.record_health(&snap),
+            Ok(snap) => {
+                metrics.record_health(&snap);
+                *latest.write().expect("snapshot lock") = Some((crate::envelope::now_ms(), snap));
+            }
             Err(e) => {
                 metrics.redis_up.set(0);
                 tracing::warn!(error = %e, "health refresh failed");
@@ -78,8 +88,21 @@ pub async fn connect_with_retry(
     }
 }
 
+/// What this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Role {
+    /// Every consumer group, retention and the HTTP edge.
+    #[default]
+    All,
+    /// Only the HTTP edge (publish, reads, ops routes): no consumer groups, no declare,
+    /// no retention, so it can log in as a Redis user that may only publish and read.
+    Edge,
+}
+
 /// Options beyond the config that embedders and tests may set.
 pub struct RunOptions {
+    /// What to run.
+    pub role: Role,
     /// Handlers known to this daemon.
     pub registry: Registry,
     /// Where metrics are recorded.
@@ -93,6 +116,7 @@ pub struct RunOptions {
 impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
+            role: Role::All,
             registry: Registry::builtin(),
             metrics: Metrics::new(),
             on_ready: None,
@@ -120,29 +144,49 @@ pub async fn run_with(
     for g in &config.groups {
         handlers.push(opts.registry.build(g).map_err(RunError::Handler)?);
     }
-    // Bind early: a taken port is a configuration error, reported before anything runs.
-    let listener = if config.http.enabled {
-        let addr = config.http.listen;
-        Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| RunError::Http { addr, source })?,
-        )
-    } else {
-        None
-    };
-    let Some(redis) = connect_with_retry(&config, &mut sd).await? else {
-        return Ok(());
-    };
     let metrics = opts.metrics.clone();
+    let latest = LatestSnapshot::default();
+    let mut tasks = JoinSet::new();
+    // Bind early: a taken port is a configuration error, reported before anything runs.
+    // Serve at once: /health answers while Redis is still unreachable, /ready says why
+    // the daemon is not ready, and publishes get 503 instead of hanging.
+    let edge = Edge::new(Arc::new(config.clone()), metrics.clone(), latest.clone());
+    if config.edge.enabled {
+        let addr = config.edge.listen;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| RunError::Http { addr, source })?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), auth = ?config.edge.auth, "http edge listening");
+        let edge = edge.clone();
+        let sd2 = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) = crate::edge::serve(listener, edge, sd2).await {
+                tracing::error!(error = %e, "http edge failed");
+            }
+        });
+    }
+    // Settings that cannot work (an unreadable password file) stop the daemon at once.
+    let redis = match connect_with_retry(&config, &mut sd).await {
+        Ok(Some(redis)) => redis,
+        Ok(None) => return drain(tasks, &config).await,
+        Err(e) => {
+            // Nothing has been read yet: the edge can simply stop.
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+            return Err(e.into());
+        }
+    };
     {
         let m = metrics.clone();
         redis.on_reconnect(move || {
             m.reconnects.inc();
         });
     }
+    edge.connected(&redis);
     let mut backoff = redis_backoff();
-    loop {
+    // The edge alone neither declares nor consumes: whoever runs the groups declares.
+    let mut declared = opts.role != Role::All;
+    while !declared {
         match declare(&redis, &config).await {
             Ok(r) => {
                 for (s, g) in &r.unknown_groups {
@@ -153,21 +197,26 @@ pub async fn run_with(
                     pairs = r.groups.len(),
                     "topology declared"
                 );
-                break;
+                declared = true;
             }
             Err(e) => {
                 let d = backoff.next().unwrap_or(Duration::from_secs(5));
                 tracing::warn!(error = %e, "declare failed, retrying in {d:?}");
                 if !sleep_or_shutdown(d, &mut sd).await {
                     redis.quit().await;
-                    return Ok(());
+                    return drain(tasks, &config).await;
                 }
             }
         }
     }
+    edge.declared();
 
-    let mut tasks = JoinSet::new();
-    for (g, handler) in config.groups.iter().zip(handlers) {
+    let groups: &[crate::config::GroupConfig] = if opts.role == Role::All {
+        &config.groups
+    } else {
+        &[]
+    };
+    for (g, handler) in groups.iter().zip(handlers) {
         let ctx = Arc::new(GroupContext {
             redis: redis.clone(),
             group: Arc::new(g.clone()),
@@ -202,34 +251,36 @@ pub async fn run_with(
             );
         }
     }
-    if let Some(listener) = listener {
-        tracing::info!(addr = %config.http.listen, "serving /metrics and /health");
-        let m = metrics.clone();
-        let sd2 = shutdown.clone();
-        tasks.spawn(async move {
-            if let Err(e) = crate::http::serve(listener, m, sd2).await {
-                tracing::error!(error = %e, "http listener failed");
-            }
-        });
-    }
     tasks.spawn(health_loop(
         redis.clone(),
         config.clone(),
         metrics.clone(),
+        latest,
         shutdown.clone(),
     ));
-    tasks.spawn(retention_loop(
-        redis.clone(),
-        config.streams.clone(),
-        config.retention.interval,
-        shutdown.clone(),
-    ));
+    if opts.role == Role::All {
+        tasks.spawn(retention_loop(
+            redis.clone(),
+            config.streams.clone(),
+            config.retention.interval,
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(groups = config.groups.len(), consumer = %config.daemon.instance, "astra-bus running");
     if let Some(f) = opts.on_ready {
         f();
     }
 
     sd.recv().await;
+    let r = drain(tasks, &config).await;
+    redis.quit().await;
+    tracing::info!("astra-bus stopped");
+    r
+}
+
+/// After shutdown: waits for every task (readers finish and commit their batches, the
+/// edge answers its in-flight requests) until `shutdown_deadline`, then aborts the rest.
+async fn drain(mut tasks: JoinSet<()>, config: &Config) -> Result<(), RunError> {
     tracing::info!(deadline = ?config.daemon.shutdown_deadline, "shutting down: finishing in-flight work");
     let drained = tokio::time::timeout(config.daemon.shutdown_deadline, async {
         while tasks.join_next().await.is_some() {}
@@ -242,7 +293,5 @@ pub async fn run_with(
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
-    redis.quit().await;
-    tracing::info!("astra-bus stopped");
     Ok(())
 }

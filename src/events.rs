@@ -60,7 +60,32 @@ pub fn notional_cents(quantity: f64, price_usd: f64) -> Option<i64> {
 /// the field and the reason.
 pub fn validate_json(stream: &str, v: &serde_json::Value) -> Result<(), String> {
     fn check<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<(), String> {
-        T::deserialize(v).map(|_| ()).map_err(|e| e.to_string())
+        T::deserialize(v)
+            .map(|_| ())
+            .map_err(|e| locate::<T>(v, e.to_string()))
+    }
+    // serde's type errors do not name the field ("invalid type: string, expected f64").
+    // Find it: the field whose removal makes the error go away, or turn into "missing
+    // field `that one`", is the culprit. Only runs on the error path, on small objects.
+    fn locate<T: serde::de::DeserializeOwned>(v: &serde_json::Value, msg: String) -> String {
+        if msg.starts_with("missing field") || msg.starts_with("unknown field") {
+            return msg;
+        }
+        let Some(obj) = v.as_object() else {
+            return msg;
+        };
+        for k in obj.keys() {
+            let mut o = obj.clone();
+            o.remove(k);
+            match T::deserialize(&serde_json::Value::Object(o)) {
+                Ok(_) => return format!("{k}: {msg}"),
+                Err(e) if e.to_string() == format!("missing field `{k}`") => {
+                    return format!("{k}: {msg}");
+                }
+                Err(_) => {}
+            }
+        }
+        msg
     }
     if !v.is_object() {
         return Err("payload must be a JSON object".into());

@@ -12,7 +12,8 @@
 //! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
 //! - [`kpi`]: business KPIs computed from the analytics counters in Redis.
 //! - [`metrics`]: every exported metric, in one place.
-//! - [`http`]: the daemon's HTTP listener (`/metrics`, `/health`).
+//! - [`edge`]: the HTTP edge (publish API, projection reads, `/health`, `/ready`,
+//!   `/metrics`, `/dashboard`, API keys, rate limits, idempotency).
 //! - [`shutdown`]: the shutdown signal every loop listens to.
 //! - [`watchdog`]: liveness of the delivery loops and the systemd watchdog fed from it.
 //! - [`logging`]: text or JSON-lines logs.
@@ -22,10 +23,10 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod edge;
 pub mod envelope;
 pub mod events;
 pub mod handlers;
-pub mod http;
 pub mod kpi;
 pub mod logging;
 pub mod metrics;

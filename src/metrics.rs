@@ -52,6 +52,26 @@ pub struct GroupLabel {
     pub group: String,
 }
 
+/// Labels of HTTP request counters: the route template (a fixed set), method, status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub route: String,
+    pub method: String,
+    pub status: String,
+}
+
+/// Labels of per-route histograms.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+/// Labels of rate-limit refusals: which limit (`user`, `route`, `key`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    pub limit: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// A gauge holding fractional values.
@@ -119,6 +139,16 @@ pub struct Metrics {
     pub daily_revenue_by_source_usd: Family<SourceLabel, FloatGauge>,
     /// All-time business counters, read from `astra:analytics:total`.
     pub business: BusinessCounters,
+    /// HTTP requests answered, by route template, method and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// HTTP request duration by route template.
+    pub http_request_seconds: HistogramFamily<RouteLabel>,
+    /// Request handlers that panicked (answered 500).
+    pub http_panics: Counter,
+    /// Requests refused by a rate limit, by limit.
+    pub edge_rate_limited: Family<LimitLabel, Counter>,
+    /// Publishes answered from an idempotency record (nothing published).
+    pub edge_idempotent_replays: Counter,
     /// Last totals seen, so counters advance by the difference.
     last_totals: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
 }
@@ -166,6 +196,11 @@ impl Metrics {
             kpi_target: Family::default(),
             daily_revenue_by_source_usd: Family::default(),
             business: BusinessCounters::default(),
+            http_requests: Family::default(),
+            http_request_seconds: Family::new_with_constructor(latency_histogram),
+            http_panics: Counter::default(),
+            edge_rate_limited: Family::default(),
+            edge_idempotent_replays: Counter::default(),
             last_totals: Default::default(),
             registry: Registry::default(),
         };
@@ -319,6 +354,31 @@ impl Metrics {
             "Users registered",
             b.registrations.clone(),
         );
+        registry.register(
+            "astra_bus_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "astra_bus_http_request_seconds",
+            "HTTP request duration by route template",
+            m.http_request_seconds.clone(),
+        );
+        registry.register(
+            "astra_bus_http_panics",
+            "HTTP request handlers that panicked (answered 500)",
+            m.http_panics.clone(),
+        );
+        registry.register(
+            "astra_bus_edge_rate_limited",
+            "Requests refused by a rate limit, by limit (user, route, key)",
+            m.edge_rate_limited.clone(),
+        );
+        registry.register(
+            "astra_bus_edge_idempotent_replays",
+            "Publishes answered from an idempotency record (nothing published)",
+            m.edge_idempotent_replays.clone(),
+        );
         for (kpi, target) in crate::kpi::TARGETS {
             m.kpi_target
                 .get_or_create(&KpiLabel {
@@ -327,6 +387,40 @@ impl Metrics {
                 .set(target);
         }
         Arc::new(Metrics { registry, ..m })
+    }
+
+    /// Records one answered HTTP request.
+    pub fn http_request(&self, route: &str, method: &str, status: u16, took: std::time::Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_string(),
+                method: method.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.http_request_seconds
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a request refused by `limit` (`user`, `route`, `key`).
+    pub fn count_rate_limited(&self, limit: &str) {
+        self.edge_rate_limited
+            .get_or_create(&LimitLabel {
+                limit: limit.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts one event published to `stream`.
+    pub fn published_to(&self, stream: &str) {
+        self.published
+            .get_or_create(&StreamLabel {
+                stream: stream.to_string(),
+            })
+            .inc();
     }
 
     /// Records a health snapshot read from Redis.

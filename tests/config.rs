@@ -252,3 +252,80 @@ fn reports_every_problem_at_once() {
     let errs = errors(&s, &g);
     assert_eq!(errs.len(), 3, "{errs:#?}");
 }
+
+#[test]
+fn redis_url_names_a_single_node_a_cluster_or_sentinels() {
+    use astra_bus::config::{RedisMode, parse_redis_url};
+    let ok = |url: &str| {
+        let dir = write_config(
+            &STREAMS.replace("redis://127.0.0.1:6379", url),
+            &[("social", GROUP)],
+        );
+        Config::load_with_env(&dir.path, no_env).unwrap().redis
+    };
+    assert_eq!(ok("redis://127.0.0.1:6379").mode, RedisMode::Single);
+    let c = ok("redis-cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000");
+    assert_eq!(c.mode, RedisMode::Cluster);
+    assert_eq!(c.min_replicas_ack, 0);
+    let s = ok("redis-sentinel://10.0.0.1:26379,10.0.0.2:26379/0?sentinelServiceName=astra");
+    assert_eq!(s.mode, RedisMode::Sentinel);
+    // The client's form: first node as authority, the others as node= parameters.
+    assert_eq!(
+        parse_redis_url("redis-cluster://u:p@a:1,b:2,c:3")
+            .unwrap()
+            .1,
+        "redis-cluster://u:p@a:1?node=b:2&node=c:3"
+    );
+    assert_eq!(
+        parse_redis_url("redis-sentinel://a:1,b:2/0?sentinelServiceName=m")
+            .unwrap()
+            .1,
+        "redis-sentinel://a:1/0?node=b:2&sentinelServiceName=m"
+    );
+    // Errors name the field and say what is expected.
+    let bad = |url: &str| errors(&STREAMS.replace("redis://127.0.0.1:6379", url), GROUP);
+    assert_one(
+        &bad("redis-cluster://10.0.0.1:7000,10.0.0.2"),
+        "streams.toml:2:7: redis.url: every node must be host:port (comma-separated), got \"10.0.0.2\" in \"redis-cluster://10.0.0.1:7000,10.0.0.2\"; e.g. redis-cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
+    );
+    assert_one(
+        &bad("redis-sentinel://10.0.0.1:26379"),
+        "streams.toml:2:7: redis.url: a sentinel URL needs ?sentinelServiceName=<primary name>, got \"redis-sentinel://10.0.0.1:26379\"; e.g. redis-sentinel://10.0.0.1:26379,10.0.0.2:26379/0?sentinelServiceName=astra",
+    );
+    assert_one(
+        &bad("http://10.0.0.1:6379"),
+        "streams.toml:2:7: redis.url must start with redis://, rediss://, redis-cluster:// or redis-sentinel://, got \"http://10.0.0.1:6379\"",
+    );
+    // WAIT-based publish acknowledgement is for a primary with replicas, not a cluster.
+    let errs = errors(
+        &STREAMS.replace(
+            "url = \"redis://127.0.0.1:6379\"",
+            "url = \"redis-cluster://a:1,b:2\"\nmin_replicas_ack = 1",
+        ),
+        GROUP,
+    );
+    assert_one(
+        &errs,
+        "streams.toml:3:20: redis.min_replicas_ack is not supported with redis-cluster:// (set it to 0)",
+    );
+    let errs = errors(
+        &STREAMS.replace(
+            "url = \"redis://127.0.0.1:6379\"",
+            "url = \"redis://a:1\"\nmin_replicas_ack = 99\nreplica_ack_timeout = \"0s\"",
+        ),
+        GROUP,
+    );
+    assert_eq!(errs.len(), 2, "{errs:#?}");
+    // ASTRA_REDIS_URL is checked the same way.
+    let dir = write_config(STREAMS, &[("social", GROUP)]);
+    let err = Config::load_with_env(&dir.path, |k| {
+        (k == "ASTRA_REDIS_URL").then(|| "redis-cluster://nope".to_string())
+    })
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with(
+            "ASTRA_REDIS_URL (environment):1:1: redis.url: every node must be host:port"
+        ),
+        "{err}"
+    );
+}

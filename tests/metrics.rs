@@ -136,7 +136,10 @@ async fn metrics_are_served_over_http_with_exact_values() {
     assert!(body.trim_end().ends_with("# EOF"));
 
     let (status, _, body) = http_get(port, "/health").await;
-    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"status":"ok","version":"0.1.0"}"#)
+    );
     let (status, head, body) = http_get(port, "/nope").await;
     assert_eq!(status, 404);
     assert!(
@@ -144,7 +147,7 @@ async fn metrics_are_served_over_http_with_exact_values() {
             .contains("content-type: application/json")
     );
     let err: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(err["error"], "not_found");
+    assert_eq!(err["error"], "no_route");
     daemon.stop().await;
 }
 

@@ -116,6 +116,45 @@ async fn end_to_end_scenario_is_exact() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_scenario_is_exact_on_a_redis_cluster() {
+    // The harness's 3-master cluster; the daemon, the CLI and the checks all connect with
+    // a redis-cluster:// URL naming the three masters as seeds.
+    let cluster = support::RedisCluster::start();
+    scenario(&cluster.url(), &cluster.url()).await;
+    // The data really is spread over the three masters, and commits kept per-slot
+    // de-duplication markers (`astra:dedup:{<slot tag>}:…`) on each of them.
+    for port in &cluster.ports {
+        let keys = support::raw_command(*port, &["DBSIZE"]).unwrap();
+        let n: i64 = keys.trim().trim_start_matches(':').parse().unwrap();
+        assert!(n > 10, "master {port} holds {n} keys");
+        let scan = support::raw_command(
+            *port,
+            &["SCAN", "0", "MATCH", "astra:dedup:{*", "COUNT", "100000"],
+        )
+        .unwrap();
+        assert!(
+            scan.contains("astra:dedup:{"),
+            "master {port} has per-slot markers: {scan}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn end_to_end_scenario_is_exact_behind_sentinels() {
+    // A primary, a replica and three Sentinels; the daemon and the CLI find the primary
+    // through the Sentinels (redis-sentinel:// URL).
+    let set = support::SentinelSet::start();
+    scenario(&set.url(), &set.url()).await;
+    // Everything was written to the primary and replicated.
+    let keys = |s: &RedisServer| s.cli(&["DBSIZE"]).parse::<i64>().unwrap();
+    assert!(keys(&set.primary) > 50);
+    wait_until(Duration::from_secs(10), "the replica caught up", || async {
+        keys(&set.replica) == keys(&set.primary)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_scenario_runs_as_the_least_privilege_worker() {
     // The shipped ACL file, with passwords given to its users and an admin for the test's
     // own checks; the default user is off.

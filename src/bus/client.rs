@@ -31,6 +31,16 @@ pub enum BusError {
     /// The reply did not have the shape we expected.
     #[error("unexpected reply to {what}: {detail}")]
     Protocol { what: &'static str, detail: String },
+    /// A publish reached the primary but fewer replicas than `redis.min_replicas_ack`
+    /// confirmed it within `redis.replica_ack_timeout` (WAIT): it could be lost in a
+    /// failover. The event may still be delivered (it is in the stream): retry with the
+    /// same event id, consumers de-duplicate it.
+    #[error("only {acked} of {wanted} replicas acknowledged the write within {timeout_ms} ms")]
+    NotReplicated {
+        wanted: u32,
+        acked: i64,
+        timeout_ms: u64,
+    },
     /// The connection settings cannot work (unreadable password or CA file, a CA for a
     /// non-TLS URL): retrying will not help.
     #[error("redis connection settings: {0}")]
@@ -40,7 +50,10 @@ pub enum BusError {
 impl BusError {
     /// True when retrying later can succeed (connection trouble, OOM, timeouts).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BusError::Unavailable(_) | BusError::OutOfMemory(_))
+        matches!(
+            self,
+            BusError::Unavailable(_) | BusError::OutOfMemory(_) | BusError::NotReplicated { .. }
+        )
     }
 
     pub(crate) fn protocol(what: &'static str, detail: impl Into<String>) -> Self {
@@ -141,12 +154,56 @@ fn tls_trusting(path: &std::path::Path) -> Result<fred::rustls::ClientConfig, Bu
         .with_no_client_auth())
 }
 
-/// A connection (or auto-pipelined set of connections) to Redis.
+/// The client configuration for `url` (cluster and sentinel URLs rewritten for the client).
+fn fred_config(url: &str) -> Result<FredConfig, BusError> {
+    let (_, client_url) = crate::config::parse_redis_url(url).map_err(BusError::Command)?;
+    FredConfig::from_url(&client_url)
+        .map_err(|e| BusError::Command(format!("invalid redis url {}: {e}", redact_url(url))))
+}
+
+/// A connection (or auto-pipelined set of connections) to Redis: one server, a Redis
+/// Cluster (one connection per master, commands routed by hash slot) or the primary that
+/// Sentinels name (followed across failovers).
 #[derive(Clone)]
 pub struct Redis {
     client: fred::clients::Client,
     url: String,
     timeout: Duration,
+    /// Per-command options of a fail-fast handle (see [`Redis::fail_fast`]).
+    fast: Option<fred::types::config::Options>,
+    cluster: bool,
+    /// `redis.min_replicas_ack` and its timeout, when publishes must be replicated.
+    replica_ack: Option<(u32, Duration)>,
+    /// Connections that publish when `replica_ack` is set: WAIT blocks the connection it
+    /// runs on, so it never runs on the shared one (opened on first use).
+    publishers: std::sync::Arc<tokio::sync::OnceCell<Vec<Redis>>>,
+    next_publisher: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Publisher connections used when publishes wait for replicas.
+const PUBLISHERS: usize = 4;
+
+/// The Redis Cluster hash slot of a key (CRC16 of the key or of its `{hash tag}`).
+pub fn keyslot(key: &[u8]) -> u16 {
+    fred::util::redis_keyslot(key)
+}
+
+/// Where in `args` the key of command `name` is, for routing in a cluster (a wrong guess
+/// still works, through a MOVED redirect, but costs a round trip).
+fn cluster_hash(name: &str, args: &[Value]) -> ClusterHash {
+    match name {
+        "EVALSHA" | "EVAL" => match args.get(1).and_then(as_int) {
+            Some(n) if n > 0 => ClusterHash::Offset(2),
+            _ => ClusterHash::Random,
+        },
+        "XINFO" | "XGROUP" => ClusterHash::Offset(1),
+        "XREADGROUP" | "XREAD" => args
+            .iter()
+            .position(|a| as_string(a).is_some_and(|s| s.eq_ignore_ascii_case("STREAMS")))
+            .map_or(ClusterHash::FirstKey, |i| ClusterHash::Offset(i + 1)),
+        "SCRIPT" | "PING" | "INFO" | "CLIENT" | "WAIT" | "CONFIG" => ClusterHash::Random,
+        _ => ClusterHash::Offset(0),
+    }
 }
 
 impl Redis {
@@ -155,32 +212,7 @@ impl Redis {
     /// commands get at most two attempts so a write is repeated at most once after a
     /// reconnect, which the consumers' de-duplication by event id absorbs.
     pub async fn connect(url: &str, timeout: Duration) -> Result<Redis, BusError> {
-        let config = FredConfig::from_url(url)
-            .map_err(|e| BusError::Command(format!("invalid redis url {url:?}: {e}")))?;
-        Self::connect_fred(config, url, timeout).await
-    }
-
-    /// [`Redis::connect`] with the whole `[redis]` section: the password read from
-    /// `password_file` (at each call, so a rotated secret is picked up on reload) and, for
-    /// `rediss://`, the CAs of `tls_ca_file` trusted instead of the system's.
-    pub async fn connect_config(cfg: &crate::config::RedisConfig) -> Result<Redis, BusError> {
-        let url = &cfg.url;
-        let mut config = FredConfig::from_url(url).map_err(|e| {
-            BusError::Command(format!("invalid redis url {}: {e}", redact_url(url)))
-        })?;
-        if let Some(path) = &cfg.password_file {
-            config.password = Some(read_password(path)?);
-        }
-        if let Some(path) = &cfg.tls_ca_file {
-            if config.tls.is_none() {
-                return Err(BusError::Settings(format!(
-                    "redis.tls_ca_file {} is set but redis.url is not rediss://",
-                    path.display()
-                )));
-            }
-            config.tls = Some(tls_trusting(path)?.into());
-        }
-        Self::connect_fred(config, url, cfg.command_timeout).await
+        Self::connect_fred(fred_config(url)?, url, timeout).await
     }
 
     async fn connect_fred(
@@ -188,6 +220,7 @@ impl Redis {
         url: &str,
         timeout: Duration,
     ) -> Result<Redis, BusError> {
+        let cluster = config.server.is_clustered();
         let client = fred::types::Builder::from_config(config)
             .with_connection_config(|c: &mut ConnectionConfig| {
                 c.connection_timeout = timeout;
@@ -209,6 +242,11 @@ impl Redis {
             client,
             url: url.to_string(),
             timeout,
+            fast: None,
+            cluster,
+            replica_ack: None,
+            publishers: Default::default(),
+            next_publisher: Default::default(),
         };
         redis.client.init().await.map_err(BusError::from)?;
         Ok(redis)
@@ -223,7 +261,88 @@ impl Redis {
             client,
             url: self.url.clone(),
             timeout: self.timeout,
+            fast: self.fast.clone(),
+            cluster: self.cluster,
+            replica_ack: self.replica_ack,
+            publishers: self.publishers.clone(),
+            next_publisher: self.next_publisher.clone(),
         })
+    }
+
+    /// [`Redis::connect`] with every `[redis]` setting applied: URL, timeout, the password
+    /// read from `password_file` (at each call, so a rotated secret is picked up on
+    /// reload), for `rediss://` the CAs of `tls_ca_file` trusted instead of the system's,
+    /// and `min_replicas_ack` for publishes.
+    pub async fn connect_config(cfg: &crate::config::RedisConfig) -> Result<Redis, BusError> {
+        let mut config = fred_config(&cfg.url)?;
+        if let Some(path) = &cfg.password_file {
+            config.password = Some(read_password(path)?);
+        }
+        if let Some(path) = &cfg.tls_ca_file {
+            if config.tls.is_none() {
+                return Err(BusError::Settings(format!(
+                    "redis.tls_ca_file {} is set but redis.url is not rediss://",
+                    path.display()
+                )));
+            }
+            config.tls = Some(tls_trusting(path)?.into());
+        }
+        let redis = Self::connect_fred(config, &cfg.url, cfg.command_timeout).await?;
+        Ok(redis.with_replica_ack(cfg.min_replicas_ack, cfg.replica_ack_timeout))
+    }
+
+    /// Makes every publish through this client wait until `n` replicas acknowledged it
+    /// (WAIT `n` `timeout`) and fail with [`BusError::NotReplicated`] otherwise; 0 = off.
+    pub fn with_replica_ack(mut self, n: u32, timeout: Duration) -> Redis {
+        self.replica_ack = (n > 0).then_some((n, timeout));
+        self
+    }
+
+    /// `(min_replicas_ack, timeout)` when publishes wait for replicas.
+    pub fn replica_ack(&self) -> Option<(u32, Duration)> {
+        self.replica_ack
+    }
+
+    /// One of the publisher connections (round robin), opened on first use.
+    pub(crate) async fn publisher(&self) -> Result<Redis, BusError> {
+        let pool = self
+            .publishers
+            .get_or_try_init(|| async {
+                let mut pool = Vec::with_capacity(PUBLISHERS);
+                for _ in 0..PUBLISHERS {
+                    pool.push(self.dedicated().await?);
+                }
+                Ok::<_, BusError>(pool)
+            })
+            .await?;
+        let i = self
+            .next_publisher
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(pool[i % pool.len()].clone())
+    }
+
+    /// `WAIT n timeout` on this connection: how many replicas acknowledged every write
+    /// this connection sent so far. Blocks the connection meanwhile.
+    pub(crate) async fn wait_replicas(&self, n: u32, timeout: Duration) -> Result<i64, BusError> {
+        let cmd = CustomCommand::new_static("WAIT", ClusterHash::Random, false);
+        let opts = fred::types::config::Options {
+            timeout: Some(timeout + self.timeout),
+            ..Default::default()
+        };
+        use fred::interfaces::ClientLike as _;
+        let v = self
+            .client
+            .with_options(&opts)
+            .custom::<Value, Value>(cmd, vec![arg(n as i64), arg(timeout.as_millis() as i64)])
+            .await
+            .map_err(BusError::from)?;
+        as_int(&v).ok_or_else(|| BusError::protocol("WAIT", format!("{v:?}")))
+    }
+
+    /// True when connected to a Redis Cluster: no command, script or transaction may then
+    /// carry keys of two hash slots.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
 
     /// The URL this client was built from.
@@ -245,9 +364,35 @@ impl Redis {
         }));
     }
 
+    /// The same connection, but every command fails at once while it is down, is sent at
+    /// most once (never repeated after a reconnect) and gives up after `timeout`. For
+    /// request/response paths (the HTTP edge) that must answer 503 rather than wait, and
+    /// must not store an event after having answered that it was not stored.
+    pub fn fail_fast(&self, timeout: Duration) -> Redis {
+        Redis {
+            fast: Some(fred::types::config::Options {
+                fail_fast: true,
+                // In a cluster a command may need a second attempt to follow a slot move
+                // (MOVED/ASK); one attempt fails those outright.
+                max_attempts: Some(if self.cluster { 2 } else { 1 }),
+                timeout: Some(timeout),
+                ..Default::default()
+            }),
+            ..self.clone()
+        }
+    }
+
     /// Sends one command with arbitrary arguments and returns the raw reply.
     pub async fn cmd(&self, name: &'static str, args: Vec<Value>) -> Result<Value, BusError> {
-        let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
+        let cmd = CustomCommand::new_static(name, cluster_hash(name, &args), false);
+        if let Some(opts) = &self.fast {
+            return self
+                .client
+                .with_options(opts)
+                .custom::<Value, Value>(cmd, args)
+                .await
+                .map_err(BusError::from);
+        }
         self.client
             .custom::<Value, Value>(cmd, args)
             .await
@@ -281,18 +426,32 @@ impl Redis {
         &self,
         cmds: Vec<(&'static str, Vec<Value>)>,
     ) -> Result<Vec<Result<Value, BusError>>, BusError> {
-        use fred::interfaces::ClientLike as _;
-        let pipe = self.client.pipeline();
-        for (name, args) in cmds {
-            let cmd = CustomCommand::new_static(name, ClusterHash::FirstKey, false);
-            let _: () = pipe.custom(cmd, args).await.map_err(BusError::from)?;
+        match &self.fast {
+            Some(opts) => {
+                run_pipeline(
+                    fred::clients::Pipeline::from(self.client.with_options(opts)),
+                    cmds,
+                )
+                .await
+            }
+            None => run_pipeline(self.client.pipeline(), cmds).await,
         }
-        let replies = pipe.try_all::<Value>().await;
-        Ok(replies
-            .into_iter()
-            .map(|r| r.map_err(BusError::from))
-            .collect())
     }
+}
+
+async fn run_pipeline<C: ClientLike>(
+    pipe: fred::clients::Pipeline<C>,
+    cmds: Vec<(&'static str, Vec<Value>)>,
+) -> Result<Vec<Result<Value, BusError>>, BusError> {
+    for (name, args) in cmds {
+        let cmd = CustomCommand::new_static(name, cluster_hash(name, &args), false);
+        let _: () = pipe.custom(cmd, args).await.map_err(BusError::from)?;
+    }
+    let replies = pipe.try_all::<Value>().await;
+    Ok(replies
+        .into_iter()
+        .map(|r| r.map_err(BusError::from))
+        .collect())
 }
 
 /// Converts anything string-like or numeric into a command argument.

@@ -3,7 +3,7 @@
 -- events read by one group from one stream, atomically (single node).
 --
 -- KEYS: every key touched (source stream first); ops refer to keys by 1-based index.
--- ARGV: group, dedup_ttl_secs, n_events, then per event:
+-- ARGV: group, dedup_ttl_secs, n_events, per_slot (0/1), then per event:
 --   dedup_key_idx, event_id, entry_id, round (0-based), final (0/1), n_ops, n_emits,
 --   n_ops x [cmd, key_idx, key2_idx (0 = none), n_args, args...],
 --   n_emits x [stream_key_idx, n_fields, field, value, ...]
@@ -14,6 +14,10 @@
 --   * an event already completed is only acknowledged (a zombie or a duplicate entry);
 --   * before anything is written, every op's key type is checked (Redis does not roll
 --     back a script, so we check before we write).
+-- per_slot = 1 (Redis Cluster): the call holds one hash slot's share of a round (KEYS[1]
+-- is then that slot's marker key, not a stream; no event is final, nothing is published
+-- or acknowledged here). A slot need not be touched in every round of an event, so a
+-- marker with fewer rounds than `round` is padded with empty rounds instead of refused.
 -- Returns per event {status, payload}: 0 applied (payload = msgpack replies), 1 replayed
 -- (recorded replies), 2 already completed, 3 failed (payload = reason; nothing of this
 -- round was written unless noted), 4 marker missing for a round > 0 (payload = reason),
@@ -44,8 +48,9 @@ local NEEDS = {
 local group = ARGV[1]
 local ttl = tonumber(ARGV[2])
 local n_events = tonumber(ARGV[3])
+local per_slot = ARGV[4] == '1'
 local src = KEYS[1]
-local pos = 4
+local pos = 5
 local results = {}
 local acks = {}
 
@@ -138,6 +143,9 @@ for ev = 1, n_events do
   else
     local rounds = {}
     if stored then rounds = cmsgpack.unpack(stored) end
+    if per_slot then
+      while #rounds < round do rounds[#rounds + 1] = {} end
+    end
     if #rounds > round then
       results[ev] = { 1, cmsgpack.pack(rounds[round + 1]) }
       if final then

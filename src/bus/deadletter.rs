@@ -1,6 +1,8 @@
 //! Dead letters: entries that cannot be processed are moved, with the reason, to the
 //! group's dead-letter stream and acknowledged in the same atomic script, so an entry is
-//! always either pending in its group or in the dead-letter stream, never lost.
+//! always either pending in its group or in the dead-letter stream, never lost. (In Redis
+//! Cluster the streams are in different slots: XADD to the dead-letter stream first, XACK
+//! last, so a crash in between can leave a second copy, never a loss.)
 //!
 //! A dead-letter entry holds the original entry's fields unchanged plus `dlq_*` fields:
 //! `dlq_reason` (`malformed`, `poison`, `max_deliveries`, `failed`), `dlq_error`,
@@ -124,6 +126,9 @@ pub async fn dead_letter(
             args.push(Value::Bytes(v.into()));
         }
     }
+    if redis.is_cluster() {
+        return dead_letter_cluster(redis, group, stream, dead_letter_stream, entries, args).await;
+    }
     let keys = vec![
         arg(stream),
         arg(dead_letter_stream),
@@ -131,4 +136,71 @@ pub async fn dead_letter(
     ];
     let v = DEAD_LETTER.call(redis, keys, args).await?;
     Ok(as_int(&v).unwrap_or(0) as usize)
+}
+
+/// Redis Cluster: the source stream, the dead-letter stream and the counts live in
+/// different slots, so no script can hold them together. Only entries still pending in the
+/// group are moved (checked with XPENDING first); then the copies are XADDed, the counts
+/// raised, and XACK comes last — a crash in between leaves the entry pending (it is
+/// dead-lettered again later: a second copy with the same `dlq_entry_id`), never lost.
+async fn dead_letter_cluster(
+    redis: &Redis,
+    group: &str,
+    stream: &str,
+    dead_letter_stream: &str,
+    entries: &[DeadLetter],
+    args: Vec<Value>,
+) -> Result<usize, BusError> {
+    // args = group, n, then per entry: entry_id, n_fields, fields… (as for the script).
+    let mut per_entry: Vec<(String, Vec<Value>)> = vec![];
+    let mut it = args.into_iter().skip(2);
+    for _ in entries {
+        let id = it
+            .next()
+            .as_ref()
+            .and_then(super::client::as_string)
+            .unwrap_or_default();
+        let nf = it.next().as_ref().and_then(as_int).unwrap_or(0) as usize;
+        let fields: Vec<Value> = it.by_ref().take(nf * 2).collect();
+        per_entry.push((id, fields));
+    }
+    let still_pending = |id: &str| {
+        (
+            "XPENDING",
+            vec![arg(stream), arg(group), arg(id), arg(id), arg(1)],
+        )
+    };
+    let checks = redis
+        .pipeline(per_entry.iter().map(|(id, _)| still_pending(id)).collect())
+        .await?;
+    let mut moving = vec![];
+    for ((id, fields), r) in per_entry.into_iter().zip(checks) {
+        if super::client::as_array(r?).is_some_and(|a| !a.is_empty()) {
+            moving.push((id, fields));
+        }
+    }
+    if moving.is_empty() {
+        return Ok(0);
+    }
+    let mut cmds = vec![];
+    for (_, fields) in &moving {
+        let mut a = vec![arg(dead_letter_stream), arg("*")];
+        a.extend(fields.iter().cloned());
+        cmds.push(("XADD", a));
+    }
+    cmds.push((
+        "HINCRBY",
+        vec![
+            arg(DEAD_LETTER_COUNTS),
+            arg(group),
+            arg(moving.len() as i64),
+        ],
+    ));
+    for r in redis.pipeline(cmds).await? {
+        r?;
+    }
+    let mut a = vec![arg(stream), arg(group)];
+    a.extend(moving.iter().map(|(id, _)| arg(id.as_str())));
+    redis.cmd("XACK", a).await?;
+    Ok(moving.len())
 }

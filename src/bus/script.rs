@@ -1,5 +1,6 @@
 //! Lua scripts loaded once and called by hash (EVALSHA). After a Redis restart the script
-//! cache is empty; NOSCRIPT triggers one SCRIPT LOAD and a retry.
+//! cache is empty; NOSCRIPT triggers one SCRIPT LOAD and a retry (in a cluster, where every
+//! master has its own cache, one EVAL on the master that answered NOSCRIPT).
 
 use std::sync::Mutex;
 
@@ -55,6 +56,17 @@ impl Script {
         full.extend(keys.iter().cloned());
         full.extend(args.iter().cloned());
         match redis.cmd("EVALSHA", full).await {
+            Err(BusError::Command(msg)) if msg.starts_with("NOSCRIPT") && redis.is_cluster() => {
+                // In a cluster each master has its own script cache and SCRIPT LOAD reaches
+                // one of them: EVAL (routed by the first key, like EVALSHA) runs the script
+                // and caches it on that master, so the next EVALSHA there succeeds.
+                let mut full = Vec::with_capacity(keys.len() + args.len() + 2);
+                full.push(arg(self.source));
+                full.push(arg(keys.len() as i64));
+                full.extend(keys);
+                full.extend(args);
+                redis.cmd("EVAL", full).await
+            }
             Err(BusError::Command(msg)) if msg.starts_with("NOSCRIPT") => {
                 let sha = self.load(redis).await?;
                 let mut full = Vec::with_capacity(keys.len() + args.len() + 2);

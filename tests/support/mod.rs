@@ -105,6 +105,9 @@ pub struct RedisOptions {
     pub extra: Vec<(String, String)>,
     /// (user, password) the harness itself logs in with (when the default user is off).
     pub admin: Option<(String, String)>,
+    /// Extra arguments passed as they are (e.g. `--user astra on >pw ~* &* +@all`, where
+    /// the directive's words must be separate arguments).
+    pub raw_args: Vec<String>,
 }
 
 /// A private `redis-server`, killed (and its directory removed) on drop.
@@ -226,6 +229,21 @@ impl RedisServer {
         get("used_cpu_user") + get("used_cpu_sys")
     }
 
+    /// Kills every connection Redis has open for `user` (`CLIENT KILL USER`); returns how
+    /// many were killed.
+    pub fn client_kill_user(&self, user: &str) -> u64 {
+        self.cli(&["CLIENT", "KILL", "USER", user])
+            .parse()
+            .unwrap_or(0)
+    }
+
+    /// `CONFIG SET maxmemory <bytes>` (0 = no limit); with `noeviction` every write is
+    /// refused with OOM while memory is above it.
+    pub fn set_maxmemory(&self, bytes: u64) {
+        let r = self.cli(&["CONFIG", "SET", "maxmemory", &bytes.to_string()]);
+        assert_eq!(r, "OK", "CONFIG SET maxmemory {bytes}");
+    }
+
     /// Runs `redis-cli` against this server and returns stdout.
     pub fn cli(&self, args: &[&str]) -> String {
         let mut cmd = Command::new("redis-cli");
@@ -255,6 +273,7 @@ fn spawn_redis(port: u16, dir: &Path, opts: &RedisOptions, more: &[&str]) -> Chi
     for (k, v) in &opts.extra {
         cmd.arg(format!("--{k}")).arg(v);
     }
+    cmd.args(&opts.raw_args);
     cmd.args(more);
     cmd.stdout(Stdio::null()).stderr(Stdio::null());
     cmd.spawn()
@@ -340,6 +359,16 @@ impl RedisCluster {
             std::thread::sleep(Duration::from_millis(100));
         }
         cluster
+    }
+
+    /// The daemon's URL for this cluster: `redis-cluster://` with every master as a seed.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis-cluster://{}", nodes.join(","))
     }
 
     /// Seed URLs, one per master.
@@ -513,5 +542,145 @@ impl Rng {
     /// Uniform in [lo, hi).
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         lo + self.next() % (hi - lo).max(1)
+    }
+}
+
+/// A Sentinel-managed primary with one replica and three Sentinels on loopback (quorum 2,
+/// `down-after-milliseconds` 1000), torn down on drop. The monitored name is
+/// [`SentinelSet::SERVICE`].
+pub struct SentinelSet {
+    pub primary: RedisServer,
+    pub replica: RedisServer,
+    pub sentinel_ports: Vec<u16>,
+    dirs: Vec<TempDir>,
+    children: Vec<Child>,
+}
+
+impl SentinelSet {
+    pub const SERVICE: &'static str = "astra";
+
+    /// Starts primary, replica (in sync) and three Sentinels that know each other.
+    pub fn start() -> SentinelSet {
+        let primary = RedisServer::start();
+        let replica = RedisServer::start_with(RedisOptions {
+            raw_args: vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port.to_string(),
+            ],
+            ..Default::default()
+        });
+        let mut set = SentinelSet {
+            primary,
+            replica,
+            sentinel_ports: vec![],
+            dirs: vec![],
+            children: vec![],
+        };
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = TempDir::new("sentinel");
+            let conf = dir.join("sentinel.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {d}\nlogfile {d}/sentinel.log\n\
+                     sentinel monitor {s} 127.0.0.1 {p} 2\nsentinel down-after-milliseconds {s} 1000\n\
+                     sentinel failover-timeout {s} 3000\nsentinel parallel-syncs {s} 1\n",
+                    d = dir.path.display(),
+                    s = Self::SERVICE,
+                    p = set.primary.port
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-sentinel (setup/test installs it)");
+            set.sentinel_ports.push(port);
+            set.dirs.push(dir);
+            set.children.push(child);
+        }
+        // Ready when the replica is in sync and every Sentinel sees the replica and the
+        // two other Sentinels (needed for a quorum and a leader election).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let synced = set
+                .replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up");
+            let known = set.sentinel_ports.iter().all(|p| {
+                let f = Self::master_fields(*p);
+                f.get("num-other-sentinels").map(String::as_str) == Some("2")
+                    && f.get("num-slaves").map(String::as_str) == Some("1")
+            });
+            if synced && known {
+                return set;
+            }
+            assert!(Instant::now() < deadline, "sentinels did not converge");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `SENTINEL MASTER <service>` of one Sentinel as field → value.
+    fn master_fields(port: u16) -> std::collections::HashMap<String, String> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "SENTINEL", "MASTER", Self::SERVICE])
+            .output()
+            .expect("redis-cli");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        lines
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| (c[0].to_string(), c[1].to_string()))
+            .collect()
+    }
+
+    /// The port of the primary the Sentinels currently name (asks each until one answers).
+    pub fn current_primary_port(&self) -> Option<u16> {
+        self.sentinel_ports.iter().find_map(|p| {
+            let out = Command::new("redis-cli")
+                .args([
+                    "-p",
+                    &p.to_string(),
+                    "SENTINEL",
+                    "GET-MASTER-ADDR-BY-NAME",
+                    Self::SERVICE,
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)?
+                .trim()
+                .parse()
+                .ok()
+        })
+    }
+
+    /// The daemon's URL: `redis-sentinel://` with the three Sentinels.
+    pub fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!(
+            "redis-sentinel://{}/0?sentinelServiceName={}",
+            nodes.join(","),
+            Self::SERVICE
+        )
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

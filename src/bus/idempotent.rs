@@ -1,0 +1,143 @@
+//! Publishing with an idempotency key: a retry returns the first result and publishes
+//! nothing new. The record lives next to the stream (its key carries the stream name as
+//! hash tag) and one script checks it, appends and stores it, so "published" and
+//! "remembered" cannot come apart, on one node or in a cluster.
+
+use std::time::Duration;
+
+use super::client::{BusError, Redis, Value, arg, as_array, as_bytes, as_int};
+use super::script::Script;
+use crate::envelope::Envelope;
+
+static SCRIPT: Script = Script::new("idempotent_publish", include_str!("idempotent.lua"));
+
+/// The record key of `scope` (a digest of key holder, route and idempotency key) for
+/// `stream`.
+pub fn record_key(stream: &str, scope: &str) -> String {
+    format!("astra:edge:idem:{{{stream}}}:{scope}")
+}
+
+/// What the first request published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The first request's fingerprint.
+    pub fingerprint: String,
+    /// What was stored, in order.
+    pub events: Vec<Stored>,
+}
+
+/// One stored event of a record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Stored {
+    /// Event id.
+    pub event_id: String,
+    /// Its correlation id.
+    pub cid: String,
+    /// The stream entry id.
+    pub entry_id: String,
+}
+
+/// Result of an idempotent publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Published now.
+    Published(Record),
+    /// Published earlier: nothing was written.
+    Replayed(Record),
+}
+
+/// Publishes `events` to `stream` unless `scope` was used within `ttl`.
+pub async fn publish_once(
+    redis: &Redis,
+    stream: &str,
+    scope: &str,
+    fingerprint: &str,
+    ttl: Duration,
+    events: &[Envelope],
+) -> Result<Outcome, BusError> {
+    let keys = vec![arg(record_key(stream, scope)), arg(stream)];
+    let mut args = vec![
+        arg(ttl.as_millis().max(1) as i64),
+        arg(fingerprint),
+        arg(events.len() as i64),
+    ];
+    for e in events {
+        let fields = e.to_fields();
+        // Ids and cids are visible ASCII (no spaces), so a space separates them.
+        args.push(arg(format!("{} {}", e.id, e.cid)));
+        args.push(arg(fields.len() as i64));
+        for (k, v) in fields {
+            args.push(arg(k));
+            args.push(Value::Bytes(v.into()));
+        }
+    }
+    // With `redis.min_replicas_ack`, the script runs on a publisher connection and a WAIT
+    // follows, as for plain publishes (WAIT blocks its connection).
+    let ack = redis.replica_ack();
+    let conn = match ack {
+        Some(_) => redis.publisher().await?,
+        None => redis.clone(),
+    };
+    let v = SCRIPT.call(&conn, keys, args).await?;
+    if let Some((n, timeout)) = ack {
+        super::publish::wait_for_replicas(&conn, n, timeout).await?;
+    }
+    let bad = || BusError::protocol("idempotent publish script", "malformed reply");
+    let a = as_array(v).ok_or_else(bad)?;
+    let fresh = a.first().and_then(as_int).ok_or_else(bad)? == 1;
+    let rec = a.get(1).and_then(as_bytes).ok_or_else(bad)?;
+    let record = parse_record(&String::from_utf8_lossy(&rec)).ok_or_else(bad)?;
+    Ok(if fresh {
+        Outcome::Published(record)
+    } else {
+        Outcome::Replayed(record)
+    })
+}
+
+fn parse_record(s: &str) -> Option<Record> {
+    let mut lines = s.split('\n');
+    let fingerprint = lines.next()?.to_string();
+    let mut events = vec![];
+    for l in lines {
+        let mut parts = l.split(' ');
+        let (event_id, cid, entry_id) = (parts.next()?, parts.next()?, parts.next()?);
+        events.push(Stored {
+            event_id: event_id.to_string(),
+            cid: cid.to_string(),
+            entry_id: entry_id.to_string(),
+        });
+    }
+    Some(Record {
+        fingerprint,
+        events,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_parse() {
+        let r = parse_record("fp\nid1 c1 1-0\nid2 c2 1-1").unwrap();
+        assert_eq!(r.fingerprint, "fp");
+        assert_eq!(r.events.len(), 2);
+        assert_eq!(
+            r.events[1],
+            Stored {
+                event_id: "id2".into(),
+                cid: "c2".into(),
+                entry_id: "1-1".into()
+            }
+        );
+        assert_eq!(parse_record("fp").unwrap().events, vec![]);
+        assert!(parse_record("fp\nbroken").is_none());
+    }
+
+    #[test]
+    fn record_key_shares_the_streams_slot() {
+        // The hash tag is the stream name, the whole key of the stream itself.
+        let k = record_key("astra.user.registered.v1", "abc");
+        assert!(k.contains("{astra.user.registered.v1}"));
+    }
+}

@@ -1,0 +1,505 @@
+//! The HTTP edge (axum): the thin gateway in front of the bus.
+//!
+//! | module | routes |
+//! |---|---|
+//! | [`publish`] | `POST /v1/events/{stream}`, `POST /v1/events`, `POST /api/v1/trading/execute`, `POST /api/v1/users/register` |
+//! | [`reads`] | `GET /api/v1/gamification/user/{id}/profile`, `GET /api/v1/gamification/leaderboard/{board}`, `GET /api/v1/social/feed` |
+//! | [`ops`] | `GET /health`, `/ready`, `/metrics`, `/dashboard`, `/v1/streams`, `/v1/groups`, `/openapi.json` |
+//!
+//! Cross-cutting concerns are layers around every route, not code in each handler:
+//! correlation ids (`X-Correlation-ID`, validated or generated, echoed on every answer),
+//! request metrics by route template, panic → JSON 500 (counted), load shedding
+//! (`edge.max_concurrency`, 503 beyond) and the request deadline. Authentication, scopes
+//! and rate limits are per route class and run in each handler through
+//! [`Edge::authenticate`] (first) and [`Edge::limit`] (once the request is known valid, so
+//! only requests that reach Redis count). Every error is JSON `{error, detail}`.
+//!
+//! The edge's Redis handle is fail-fast ([`crate::bus::Redis::fail_fast`]): while Redis is
+//! unreachable a publish is answered 503 at once and is never sent later behind the
+//! client's back.
+
+pub mod auth;
+pub mod error;
+pub mod openapi;
+pub mod ops;
+pub mod publish;
+pub mod reads;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use tokio::sync::Semaphore;
+
+use crate::bus::Redis;
+use crate::bus::ratelimit::{self, Bucket};
+use crate::bus::status::Snapshot;
+use crate::config::{ApiKey, Config, Scope};
+use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
+use auth::Caller;
+use error::ApiError;
+
+/// The newest health snapshot the daemon read (refreshed every `metrics.refresh_interval`),
+/// with the time it was taken (Unix ms). `/dashboard` is served from it, never from Redis.
+pub type LatestSnapshot = Arc<RwLock<Option<(i64, Snapshot)>>>;
+
+/// Everything the routes share.
+pub struct Edge {
+    /// The configuration the daemon runs with.
+    pub config: Arc<Config>,
+    /// Fail-fast Redis handle, set once connected (routes answer 503 before).
+    redis: OnceLock<Redis>,
+    /// Set once the topology is declared.
+    declared: std::sync::atomic::AtomicBool,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Latest health snapshot.
+    pub latest: LatestSnapshot,
+    /// API keys.
+    keys: Vec<Arc<ApiKey>>,
+    /// Requests in flight (load shedding).
+    inflight: Arc<Semaphore>,
+}
+
+/// Per-request context the outer layer puts in the request's extensions.
+#[derive(Debug, Clone)]
+pub struct RequestCtx {
+    /// Correlation id: `X-Correlation-ID` or a new UUIDv7.
+    pub cid: String,
+    /// A valid W3C `traceparent`, if sent.
+    pub traceparent: Option<String>,
+    /// Peer address (for per-user limits of anonymous callers).
+    pub peer: Option<SocketAddr>,
+}
+
+/// Which limits a route counts against (ops routes count against none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Publishing (scope checked per stream by the handler).
+    Publish,
+    /// Projection reads (`read` scope).
+    Read,
+}
+
+/// Headers of an admitted request (rate-limit state) to put on the answer.
+#[derive(Debug, Default, Clone)]
+pub struct Admitted {
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl Admitted {
+    /// Adds the headers to a response.
+    pub fn apply(self, mut r: Response) -> Response {
+        for (k, v) in self.headers {
+            r.headers_mut().insert(k, v);
+        }
+        r
+    }
+}
+
+impl Edge {
+    /// Builds the edge for `config`; call [`Edge::connected`] once Redis answers.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>, latest: LatestSnapshot) -> Arc<Edge> {
+        let keys = config.edge.keys.iter().cloned().map(Arc::new).collect();
+        Arc::new(Edge {
+            inflight: Arc::new(Semaphore::new(config.edge.max_concurrency)),
+            config,
+            redis: OnceLock::new(),
+            declared: Default::default(),
+            metrics,
+            latest,
+            keys,
+        })
+    }
+
+    /// Redis is reachable: routes may use it (through a fail-fast handle).
+    pub fn connected(&self, redis: &Redis) {
+        let _ = self
+            .redis
+            .set(redis.fail_fast(self.config.edge.redis_timeout));
+    }
+
+    /// The topology is declared (`/ready` starts checking groups).
+    pub fn declared(&self) {
+        self.declared
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether [`Edge::declared`] was called.
+    pub fn is_declared(&self) -> bool {
+        self.declared.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The Redis handle, or 503 while the daemon is still connecting.
+    pub fn redis(&self) -> Result<&Redis, ApiError> {
+        self.redis.get().ok_or_else(|| {
+            ApiError::unavailable(
+                "starting",
+                "the daemon has not reached Redis yet; retry shortly",
+                Duration::from_secs(1),
+            )
+        })
+    }
+
+    /// Authenticates (401) and checks the route class's scope (403; publish scopes are
+    /// checked per stream by the handler).
+    pub fn authenticate(&self, headers: &HeaderMap, class: Class) -> Result<Caller, ApiError> {
+        let caller = auth::authenticate(&self.config.edge, &self.keys, headers)?;
+        if class == Class::Read {
+            caller.require(Scope::Read)?;
+        }
+        Ok(caller)
+    }
+
+    /// Counts the request against its rate limits (`domains`: the domains whose per-route
+    /// limits apply) in one script; 429 when any is exhausted. Returns the rate-limit
+    /// headers for the answer.
+    pub async fn limit(
+        &self,
+        ctx: &RequestCtx,
+        caller: &Caller,
+        domains: &[&str],
+    ) -> Result<Admitted, ApiError> {
+        let rl = &self.config.edge.rate_limit;
+        if !rl.enabled {
+            return Ok(Admitted::default());
+        }
+        let user = caller.user.clone().unwrap_or_else(|| match ctx.peer {
+            Some(p) => format!("ip:{}", p.ip()),
+            None => "ip:unknown".to_string(),
+        });
+        let mut buckets = vec![Bucket {
+            name: format!("user:{user}"),
+            limit: rl.per_user,
+        }];
+        let mut kinds = vec!["user"];
+        for d in domains {
+            if let Some(limit) = rl.route.get(*d) {
+                buckets.push(Bucket {
+                    name: format!("route:{d}:{user}"),
+                    limit: *limit,
+                });
+                kinds.push("route");
+            }
+        }
+        if let Some(k) = &caller.key {
+            buckets.push(Bucket {
+                name: format!("key:{}", k.name),
+                limit: rl.per_key,
+            });
+            kinds.push("key");
+        }
+        let redis = self.redis()?;
+        let v = ratelimit::check(redis, rl.window, &buckets)
+            .await
+            .map_err(|e| ApiError::redis(&e))?;
+        let reset_secs = v.reset.as_millis().div_ceil(1000) as u64;
+        let hdrs = vec![
+            (
+                header::HeaderName::from_static("x-ratelimit-limit"),
+                HeaderValue::from(v.limit),
+            ),
+            (
+                header::HeaderName::from_static("x-ratelimit-remaining"),
+                HeaderValue::from(v.remaining),
+            ),
+            (
+                header::HeaderName::from_static("x-ratelimit-reset"),
+                HeaderValue::from(reset_secs),
+            ),
+        ];
+        if !v.allowed {
+            let kind = kinds.get(v.bucket).copied().unwrap_or("user");
+            self.metrics.count_rate_limited(kind);
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "{kind} limit of {} requests per {} reached; retry later",
+                    v.limit,
+                    humantime::format_duration(rl.window)
+                ),
+            )
+            .with("limit", kind)
+            .retry_after(v.retry_after);
+            e.headers.extend(hdrs);
+            return Err(e);
+        }
+        Ok(Admitted { headers: hdrs })
+    }
+
+    /// For ops routes: 401/403 when `edge.ops = "keys"` and the caller lacks the `ops` scope.
+    pub fn authenticate_ops(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if !self.config.edge.ops_keyed {
+            return Ok(());
+        }
+        auth::authenticate(&self.config.edge, &self.keys, headers)?.require(Scope::Ops)
+    }
+}
+
+/// Every route: (method, path template, handler). The OpenAPI document lists the same
+/// set (a test compares them), so the document cannot drift from the router.
+pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Edge>>)> {
+    vec![
+        (
+            Method::POST,
+            "/v1/events/{stream}",
+            post(publish::publish_one),
+        ),
+        (Method::POST, "/v1/events", post(publish::publish_batch)),
+        (
+            Method::POST,
+            "/api/v1/trading/execute",
+            post(publish::trading_execute),
+        ),
+        (
+            Method::POST,
+            "/api/v1/users/register",
+            post(publish::users_register),
+        ),
+        (
+            Method::GET,
+            "/api/v1/gamification/user/{id}/profile",
+            get(reads::profile),
+        ),
+        (
+            Method::GET,
+            "/api/v1/gamification/leaderboard/{board}",
+            get(reads::leaderboard),
+        ),
+        (Method::GET, "/api/v1/social/feed", get(reads::feed)),
+        (Method::GET, "/health", get(ops::health)),
+        (Method::GET, "/ready", get(ops::ready)),
+        (Method::GET, "/metrics", get(ops::metrics)),
+        (Method::GET, "/dashboard", get(ops::dashboard)),
+        (Method::GET, "/v1/streams", get(ops::streams)),
+        (Method::GET, "/v1/groups", get(ops::groups)),
+        (Method::GET, "/openapi.json", get(ops::openapi)),
+    ]
+}
+
+async fn no_route(req: Request) -> ApiError {
+    ApiError::not_found(
+        "no_route",
+        format!(
+            "no route {} {}; GET /openapi.json lists every route",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}; GET /openapi.json lists every route",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+/// A correlation id we store and echo: 1–128 visible ASCII characters.
+fn valid_cid(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// W3C trace context: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.
+pub fn valid_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let hex = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && parts[1].bytes().any(|b| b != b'0')
+        && hex(parts[2], 16)
+        && parts[2].bytes().any(|b| b != b'0')
+        && hex(parts[3], 2)
+}
+
+/// Outermost layer: correlation id in, correlation id out (on errors too).
+async fn correlation(mut req: Request, next: Next) -> Response {
+    let given = req.headers().get("x-correlation-id").map(|v| v.to_str());
+    let (cid, bad) = match given {
+        None => (crate::envelope::new_id(), false),
+        Some(Ok(s)) if valid_cid(s) => (s.to_string(), false),
+        Some(_) => (crate::envelope::new_id(), true),
+    };
+    let mut resp = if bad {
+        ApiError::bad_request(
+            "invalid_header",
+            "X-Correlation-ID must be 1-128 visible ASCII characters",
+        )
+        .with("header", "X-Correlation-ID")
+        .into_response()
+    } else {
+        // An invalid traceparent is ignored, as W3C trace context asks of receivers.
+        let traceparent = req
+            .headers()
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .filter(|s| valid_traceparent(s))
+            .map(str::to_string);
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0);
+        req.extensions_mut().insert(RequestCtx {
+            cid: cid.clone(),
+            traceparent,
+            peer,
+        });
+        next.run(req).await
+    };
+    if let Ok(v) = HeaderValue::from_str(&cid) {
+        resp.headers_mut().insert("x-correlation-id", v);
+    }
+    resp
+}
+
+/// Request metrics by route template (a fixed set), method and status.
+async fn observe(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    };
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    edge.metrics
+        .http_request(&route, method, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// Load shedding and the request deadline.
+async fn shed_and_deadline(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = edge.inflight.clone().try_acquire_owned() else {
+        return ApiError::unavailable(
+            "overloaded",
+            format!(
+                "more than edge.max_concurrency = {} requests in flight; retry shortly",
+                edge.config.edge.max_concurrency
+            ),
+            Duration::from_secs(1),
+        )
+        .into_response();
+    };
+    let deadline = edge.config.edge.request_timeout;
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::unavailable(
+            "timeout",
+            format!(
+                "the request did not finish within edge.request_timeout = {}; retry later",
+                humantime::format_duration(deadline)
+            ),
+            Duration::from_secs(1),
+        )
+        .into_response(),
+    }
+}
+
+/// The router with every layer.
+pub fn router(edge: Arc<Edge>) -> Router {
+    let mut r = Router::new();
+    for (_, path, handler) in routes() {
+        r = r.route(path, handler);
+    }
+    let panics = edge.clone();
+    r.fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            edge.clone(),
+            shed_and_deadline,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            move |_: Box<dyn std::any::Any + Send + 'static>| {
+                panics.metrics.http_panics.inc();
+                tracing::error!("edge: a request handler panicked (answered 500)");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the server failed while handling this request; it was logged",
+                )
+                .into_response()
+            },
+        ))
+        .layer(middleware::from_fn_with_state(edge.clone(), observe))
+        .layer(middleware::from_fn(correlation))
+        .with_state(edge)
+}
+
+/// Serves until `shutdown`; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    edge: Arc<Edge>,
+    mut shutdown: Shutdown,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(edge).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.recv().await })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparents() {
+        assert!(valid_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent(
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01"
+        ));
+        assert!(!valid_traceparent("00-abc-def-01"));
+        assert!(!valid_traceparent(""));
+    }
+
+    #[test]
+    fn correlation_ids() {
+        assert!(valid_cid("order-42"));
+        assert!(!valid_cid(""));
+        assert!(!valid_cid("has space"));
+        assert!(!valid_cid(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn openapi_lists_exactly_the_routes() {
+        let mut routed: Vec<(String, String)> = routes()
+            .into_iter()
+            .map(|(m, p, _)| (m.to_string().to_lowercase(), p.to_string()))
+            .collect();
+        routed.sort();
+        let doc = openapi::document();
+        let mut documented = vec![];
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            for method in item.as_object().unwrap().keys() {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        documented.sort();
+        assert_eq!(routed, documented);
+    }
+}

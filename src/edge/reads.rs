@@ -1,0 +1,280 @@
+//! Projection reads served from what the handlers keep in Redis (one pipelined round per
+//! request, single-key commands only, so they work the same on a cluster).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, json as json_response};
+use super::{Class, Edge, RequestCtx};
+use crate::bus::client::{Value as RValue, arg, as_array, as_int, as_pairs, as_string};
+use crate::config::valid_user_id;
+use crate::handlers::gamification::{self as gm, Board};
+use crate::handlers::{social, user};
+
+type QueryMap = Result<Query<HashMap<String, String>>, QueryRejection>;
+
+fn query(q: QueryMap, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::bad_request("invalid_query", format!("bad query string: {e}")))?;
+    if let Some(k) = q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "unknown query parameter {k:?}; this route takes {}",
+                if allowed.is_empty() {
+                    "none".to_string()
+                } else {
+                    allowed.join(", ")
+                }
+            ),
+        )
+        .with("parameter", k.as_str()));
+    }
+    Ok(q)
+}
+
+fn limit_param(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(
+                "invalid_query",
+                format!("limit must be an integer from 1 to {max}, got {s:?}"),
+            )
+            .with("parameter", "limit")),
+        },
+    }
+}
+
+fn path_user(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) =
+        p.map_err(|e| ApiError::bad_request("invalid_path", format!("bad user id: {e}")))?;
+    if !valid_user_id(&id) {
+        return Err(ApiError::bad_request(
+            "invalid_path",
+            "user id must be 1-128 visible ASCII characters",
+        ));
+    }
+    Ok(id)
+}
+
+async fn round(
+    edge: &Edge,
+    cmds: Vec<(&'static str, Vec<RValue>)>,
+) -> Result<Vec<RValue>, ApiError> {
+    let redis = edge.redis()?;
+    let replies = redis
+        .pipeline(cmds)
+        .await
+        .map_err(|e| ApiError::redis(&e))?;
+    replies
+        .into_iter()
+        .map(|r| r.map_err(|e| ApiError::redis(&e)))
+        .collect()
+}
+
+/// `GET /api/v1/gamification/user/{id}/profile`: profile, XP, level, achievements and
+/// the user's rank on the current boards. 404 for a user the bus has never seen.
+pub async fn profile(
+    State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
+    path: Result<Path<String>, PathRejection>,
+    q: QueryMap,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = edge.authenticate(&headers, Class::Read)?;
+    let id = path_user(path)?;
+    query(q, &[])?;
+    let admitted = edge.limit(&ctx, &caller, &["gamification"]).await?;
+    let now = crate::envelope::now_ms();
+    let mut cmds = vec![
+        ("HGETALL", vec![arg(user::profile_key(&id))]),
+        ("HGET", vec![arg(gm::xp_key()), arg(id.as_str())]),
+        ("SMEMBERS", vec![arg(gm::achievements_key(&id))]),
+    ];
+    for b in Board::ALL {
+        cmds.push(("ZREVRANK", vec![arg(b.key_at(now)), arg(id.as_str())]));
+        cmds.push(("ZSCORE", vec![arg(b.key_at(now)), arg(id.as_str())]));
+    }
+    let r = round(&edge, cmds).await?;
+    let profile: HashMap<String, RValue> = as_pairs(r[0].clone()).into_iter().collect();
+    let xp = as_int(&r[1]);
+    if profile.is_empty() && xp.is_none() {
+        return Err(ApiError::not_found(
+            "unknown_user",
+            format!("no profile or XP for user {id:?} (yet: events are processed asynchronously)"),
+        ));
+    }
+    let text = |f: &str| profile.get(f).and_then(as_string);
+    let int = |f: &str| profile.get(f).and_then(as_int);
+    let xp = xp.or_else(|| int(user::FIELD_XP)).unwrap_or(0);
+    let mut achievements: Vec<String> = as_array(r[2].clone())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(as_string)
+        .collect();
+    achievements.sort();
+    let mut boards = serde_json::Map::new();
+    for (i, b) in Board::ALL.iter().enumerate() {
+        let rank = as_int(&r[3 + 2 * i]).map(|r| r + 1);
+        let score = as_string(&r[4 + 2 * i]).and_then(|s| s.parse::<f64>().ok());
+        boards.insert(
+            b.as_str().to_string(),
+            json!({"period": b.period(now), "rank": rank, "xp": score.map(|s| s as i64)}),
+        );
+    }
+    let body = json!({
+        "user_id": id,
+        "display_name": text(user::FIELD_DISPLAY_NAME),
+        "clan": text(user::FIELD_CLAN),
+        "xp": xp,
+        "level": gm::level_for_xp(xp),
+        "trades": int(user::FIELD_TRADES).unwrap_or(0),
+        "achievements": achievements,
+        "leaderboards": boards,
+    });
+    Ok(admitted.apply(json_response(StatusCode::OK, body)))
+}
+
+/// `GET /api/v1/gamification/leaderboard/{board}?limit=&period=`: the top of a board
+/// (`daily`, `weekly`, `all_time`) for the current period, or the given one.
+pub async fn leaderboard(
+    State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
+    path: Result<Path<String>, PathRejection>,
+    q: QueryMap,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = edge.authenticate(&headers, Class::Read)?;
+    let Path(name) =
+        path.map_err(|e| ApiError::bad_request("invalid_path", format!("bad board: {e}")))?;
+    let Some(board) = Board::parse(&name) else {
+        return Err(ApiError::not_found(
+            "unknown_board",
+            format!("no leaderboard {name:?}; boards are daily, weekly, all_time"),
+        ));
+    };
+    let q = query(q, &["limit", "period"])?;
+    let limit = limit_param(&q, 10, 100)?;
+    let now = crate::envelope::now_ms();
+    let period = match q.get("period") {
+        None => board.period(now),
+        Some(p) if period_ok(board, p) => p.clone(),
+        Some(p) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "period {p:?} is not a {} period (e.g. {:?})",
+                    board.as_str(),
+                    board.period(now)
+                ),
+            )
+            .with("parameter", "period"));
+        }
+    };
+    let admitted = edge.limit(&ctx, &caller, &["gamification"]).await?;
+    let key = gm::board_key(board.as_str(), &period);
+    let r = round(
+        &edge,
+        vec![(
+            "ZREVRANGE",
+            vec![arg(key), arg(0), arg(limit as i64 - 1), arg("WITHSCORES")],
+        )],
+    )
+    .await?;
+    let flat = as_array(r[0].clone()).unwrap_or_default();
+    let entries: Vec<Value> = flat
+        .chunks(2)
+        .enumerate()
+        .filter_map(|(i, pair)| {
+            let user = as_string(pair.first()?)?;
+            let score = as_string(pair.get(1)?)?.parse::<f64>().ok()?;
+            Some(json!({"rank": i + 1, "user_id": user, "xp": score as i64}))
+        })
+        .collect();
+    let body = json!({"board": board.as_str(), "period": period, "entries": entries});
+    Ok(admitted.apply(json_response(StatusCode::OK, body)))
+}
+
+/// Whether `p` has the shape of `board`'s periods (`2026-11-21`, `2026-W47`, `all`).
+fn period_ok(board: Board, p: &str) -> bool {
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    match board {
+        Board::AllTime => p == "all",
+        Board::Daily => {
+            let parts: Vec<&str> = p.split('-').collect();
+            parts.len() == 3
+                && parts[0].len() == 4
+                && parts[1].len() == 2
+                && parts[2].len() == 2
+                && parts.iter().all(|x| digits(x))
+        }
+        Board::Weekly => match p.split_once("-W") {
+            Some((y, w)) => y.len() == 4 && w.len() == 2 && digits(y) && digits(w),
+            None => false,
+        },
+    }
+}
+
+/// `GET /api/v1/social/feed?user=&limit=`: the newest feed items, global or one user's.
+pub async fn feed(
+    State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
+    q: QueryMap,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let caller = edge.authenticate(&headers, Class::Read)?;
+    let q = query(q, &["user", "limit"])?;
+    let limit = limit_param(&q, 20, 200)?;
+    let key = match q.get("user") {
+        None => social::global_feed_key(),
+        Some(u) if valid_user_id(u) => social::user_feed_key(u),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "user must be 1-128 visible ASCII characters",
+            )
+            .with("parameter", "user"));
+        }
+    };
+    let admitted = edge.limit(&ctx, &caller, &["social"]).await?;
+    let r = round(
+        &edge,
+        vec![("LRANGE", vec![arg(key), arg(0), arg(limit as i64 - 1)])],
+    )
+    .await?;
+    let items: Vec<Value> = as_array(r[0].clone())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(as_string)
+        .map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s)))
+        .collect();
+    let body = json!({
+        "scope": q.get("user").map(|u| format!("user:{u}")).unwrap_or_else(|| "global".into()),
+        "items": items,
+    });
+    Ok(admitted.apply(json_response(StatusCode::OK, body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_have_their_boards_shape() {
+        assert!(period_ok(Board::Daily, "2026-11-21"));
+        assert!(!period_ok(Board::Daily, "2026-W47"));
+        assert!(period_ok(Board::Weekly, "2026-W47"));
+        assert!(!period_ok(Board::Weekly, "2026-47"));
+        assert!(period_ok(Board::AllTime, "all"));
+        assert!(!period_ok(Board::AllTime, "2026"));
+    }
+}
