@@ -860,3 +860,49 @@ fn the_dockerfile_copies_files_that_exist() {
     let ignore = std::fs::read_to_string(repo_root().join(".dockerignore")).unwrap();
     assert!(ignore.lines().any(|l| l == "target/"));
 }
+
+/// The astra-bus service's environment in the compose file, applied to the shipped config:
+/// with the shipped (empty) keys file the daemon refuses to start, naming the fix; with a
+/// key added, the config is valid.
+#[test]
+fn the_compose_environment_needs_a_key_and_then_checks() {
+    let setup = repo_root().join("setup");
+    let compose = yaml(&setup.join("docker-compose.yml"));
+    let env = compose["services"]["astra-bus"]["environment"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let dir = support::shipped_config_copy();
+    let shipped_keys = std::fs::read_to_string(setup.join("edge-keys.toml")).unwrap();
+    let keys = dir.join("edge-keys.toml");
+    let check = || {
+        let mut cmd = Command::new(bin());
+        cmd.args(["check", "--config"]).arg(&dir.path);
+        for (k, v) in &env {
+            cmd.env(k, v.as_str().unwrap());
+        }
+        cmd.env("ASTRA_EDGE_KEYS_FILE", &keys);
+        cmd.output().unwrap()
+    };
+    std::fs::write(&keys, &shipped_keys).unwrap();
+    let out = check();
+    let err =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "started without a key: {err}");
+    assert!(err.contains("no keys are configured"), "{err}");
+    std::fs::write(
+        &keys,
+        format!(
+            "{shipped_keys}\n[[key]]\nname = \"pricing-service\"\nsha256 = \"{}\"\nscopes = [\"publish:astra.trading.trade_executed.v1\", \"read\"]\n",
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
