@@ -17,8 +17,9 @@ RUN apt-get update \
 COPY --from=build /src/target/release/astra-bus /usr/local/bin/astra-bus
 COPY streams.toml /etc/astra-bus/streams.toml
 COPY consumer-groups /etc/astra-bus/consumer-groups
-ENV ASTRA_CONFIG_DIR=/etc/astra-bus \
-    ASTRA_HTTP_LISTEN=0.0.0.0:8000
+# The HTTP port listens on loopback unless ASTRA_HTTP_LISTEN says otherwise; listening
+# beyond it needs edge auth (setup/docker-compose.yml sets both).
+ENV ASTRA_CONFIG_DIR=/etc/astra-bus
 USER astra
 EXPOSE 8000
 # SIGTERM (docker stop) drains in-flight work and exits 0 within daemon.shutdown_deadline
