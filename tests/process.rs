@@ -102,7 +102,9 @@ async fn sigkill_at_random_points_never_loses_or_doubles_work() {
     let url = server.url();
     let dir = config(&url, 50);
     let logs = TempDir::new("logs");
-    let (n, users) = (10_000, 10);
+    // Enough input that the daemon cannot drain it within the kill windows below (it
+    // once did with 10k on an idle machine, and the test then killed it too rarely).
+    let (n, users) = (30_000, 10);
     preload(&url, n, users).await;
     let mut rng = Rng::from_env();
     let mut kills = 0;
@@ -114,7 +116,7 @@ async fn sigkill_at_random_points_never_loses_or_doubles_work() {
         );
         let mut d = DaemonProcess::start(&dir.path, &url, "crashy", &logs.path);
         if kills < 8 {
-            tokio::time::sleep(Duration::from_millis(rng.range(40, 500))).await;
+            tokio::time::sleep(Duration::from_millis(rng.range(20, 300))).await;
             d.kill9();
             kills += 1;
         } else {
