@@ -743,9 +743,16 @@ fn setup_install_fills_a_temp_root_and_keeps_edited_config() {
     );
 }
 
-/// Parses YAML with python3-yaml (setup/test installs it) into JSON.
+/// Parses YAML with python3-yaml (setup/test installs it) into JSON. Debian's own
+/// interpreter first: that is where the package installs, while `python3` on PATH may be
+/// another installation (pyenv) without it.
 fn yaml(path: &Path) -> serde_json::Value {
-    let out = Command::new("python3")
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let out = Command::new(python)
         .args([
             "-c",
             "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
