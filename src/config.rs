@@ -18,6 +18,7 @@ use toml::Spanned;
 mod edge;
 pub use edge::{
     ApiKey, AuthMode, EdgeConfig, RateLimitConfig, Scope, hex, key_sha256, valid_user_id,
+    visible_ascii,
 };
 
 /// Name of the file that holds the connection, defaults and stream catalog.

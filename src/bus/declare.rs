@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::client::{BusError, Redis, arg, as_array, as_pairs, as_string};
+use super::client::{BusError, Redis, Value, arg, as_array, as_pairs, as_string};
 use super::script::Script;
 use crate::config::{Config, GroupConfig};
 
@@ -97,6 +97,11 @@ pub async fn groups_on(redis: &Redis, stream: &str) -> Result<Vec<String>, BusEr
         Err(BusError::Command(m)) if m.contains("no such key") => return Ok(vec![]),
         Err(e) => return Err(e),
     };
+    Ok(group_names(v))
+}
+
+/// The group names in an XINFO GROUPS reply.
+pub fn group_names(v: Value) -> Vec<String> {
     let mut out = vec![];
     for g in as_array(v).unwrap_or_default() {
         for (k, v) in as_pairs(g) {
@@ -107,7 +112,7 @@ pub async fn groups_on(redis: &Redis, stream: &str) -> Result<Vec<String>, BusEr
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Declares every stream and group of `config`. Safe to run any number of times, from any

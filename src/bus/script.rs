@@ -50,33 +50,35 @@ impl Script {
             Some(s) => s,
             None => self.load(redis).await?,
         };
-        let mut full = Vec::with_capacity(keys.len() + args.len() + 2);
-        full.push(arg(sha));
-        full.push(arg(keys.len() as i64));
-        full.extend(keys.iter().cloned());
-        full.extend(args.iter().cloned());
-        match redis.cmd("EVALSHA", full).await {
+        match redis
+            .cmd("EVALSHA", eval_args(arg(sha), &keys, &args))
+            .await
+        {
             Err(BusError::Command(msg)) if msg.starts_with("NOSCRIPT") && redis.is_cluster() => {
                 // In a cluster each master has its own script cache and SCRIPT LOAD reaches
                 // one of them: EVAL (routed by the first key, like EVALSHA) runs the script
                 // and caches it on that master, so the next EVALSHA there succeeds.
-                let mut full = Vec::with_capacity(keys.len() + args.len() + 2);
-                full.push(arg(self.source));
-                full.push(arg(keys.len() as i64));
-                full.extend(keys);
-                full.extend(args);
-                redis.cmd("EVAL", full).await
+                redis
+                    .cmd("EVAL", eval_args(arg(self.source), &keys, &args))
+                    .await
             }
             Err(BusError::Command(msg)) if msg.starts_with("NOSCRIPT") => {
                 let sha = self.load(redis).await?;
-                let mut full = Vec::with_capacity(keys.len() + args.len() + 2);
-                full.push(arg(sha));
-                full.push(arg(keys.len() as i64));
-                full.extend(keys);
-                full.extend(args);
-                redis.cmd("EVALSHA", full).await
+                redis
+                    .cmd("EVALSHA", eval_args(arg(sha), &keys, &args))
+                    .await
             }
             other => other,
         }
     }
+}
+
+/// `<script or sha> <numkeys> <keys...> <args...>`.
+fn eval_args(script: Value, keys: &[Value], args: &[Value]) -> Vec<Value> {
+    let mut full = Vec::with_capacity(keys.len() + args.len() + 2);
+    full.push(script);
+    full.push(arg(keys.len() as i64));
+    full.extend_from_slice(keys);
+    full.extend_from_slice(args);
+    full
 }

@@ -257,14 +257,17 @@ fn parse_scope(s: &str, streams: &[StreamConfig]) -> Result<Scope, String> {
     Ok(scope)
 }
 
-fn user_id_ok(u: &str) -> bool {
-    !u.is_empty() && u.len() <= 128 && u.bytes().all(|b| b.is_ascii_graphic())
+/// 1 to `max` visible ASCII characters: what the edge accepts where a client's string
+/// becomes part of a Redis key, a stream field or a response header (user ids,
+/// correlation ids, idempotency keys, envelope ids).
+pub fn visible_ascii(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// Checks a user id as the edge accepts it (`X-User-ID`, a key's `user`): 1–128 visible
-/// ASCII characters (it becomes part of a Redis key).
+/// ASCII characters.
 pub fn valid_user_id(u: &str) -> bool {
-    user_id_ok(u)
+    visible_ascii(u, 128)
 }
 
 impl Validator {
@@ -338,7 +341,7 @@ impl Validator {
             }
             let user = k.user.as_ref().map(|u| u.get_ref().clone());
             if let (Some(u), Some(span)) = (&user, k.user.as_ref().map(|u| u.span()))
-                && !user_id_ok(u)
+                && !valid_user_id(u)
             {
                 {
                     self.at(

@@ -310,7 +310,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 
 /// A correlation id we store and echo: 1–128 visible ASCII characters.
 fn valid_cid(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+    crate::config::visible_ascii(s, 128)
 }
 
 /// W3C trace context: `00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero.

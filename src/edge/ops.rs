@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::Edge;
 use super::error::{ApiError, json as json_response};
-use crate::bus::client::{arg, as_array, as_int, as_pairs, as_string};
+use crate::bus::client::{arg, as_int};
 
 /// Content type of the OpenMetrics text exposition (prometheus-client's format).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -59,19 +59,9 @@ pub async fn ready(
     }
     let mut missing = vec![];
     for ((stream, groups), reply) in readers.iter().zip(replies) {
-        let have: Vec<String> = match reply {
-            Ok(v) => as_array(v)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|g| {
-                    as_pairs(g)
-                        .into_iter()
-                        .find(|(k, _)| k == "name")
-                        .and_then(|(_, v)| as_string(&v))
-                })
-                .collect(),
-            Err(_) => vec![],
-        };
+        let have = reply
+            .map(crate::bus::declare::group_names)
+            .unwrap_or_default();
         for g in groups {
             if !have.contains(&g.name) {
                 missing.push(format!("{} on {stream}", g.name));

@@ -23,7 +23,7 @@ use super::auth::Caller;
 use super::error::{ApiError, json as json_response};
 use super::{Class, Edge, RequestCtx};
 use crate::bus::idempotent::{self, Outcome, Stored};
-use crate::config::{StreamConfig, hex};
+use crate::config::{StreamConfig, hex, visible_ascii};
 use crate::envelope::{ContentType, Envelope};
 use crate::events::streams;
 
@@ -81,10 +81,6 @@ struct ItemIn {
 #[serde(deny_unknown_fields)]
 struct BatchIn {
     events: Vec<Value>,
-}
-
-fn token_ok(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// The field a validation message is about (`missing field `x``, `x: reason`).
@@ -266,7 +262,7 @@ fn build_event(
             ("src", &e.src, 128),
         ] {
             if let Some(x) = value
-                && !token_ok(x, max)
+                && !visible_ascii(x, max)
             {
                 return Err(bad(
                     field,
@@ -315,7 +311,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
         Some(v) => match v.to_str() {
-            Ok(k) if token_ok(k, 255) => Ok(Some(k.to_string())),
+            Ok(k) if visible_ascii(k, 255) => Ok(Some(k.to_string())),
             _ => Err(ApiError::bad_request(
                 "invalid_header",
                 "Idempotency-Key must be 1-255 visible ASCII characters",
@@ -350,9 +346,9 @@ async fn store(
         // One event: a plain XADD (fred auto-pipelines concurrent requests); several: one
         // pipelined round.
         let entries = if let [(s, e)] = events.as_slice() {
-            vec![crate::bus::publish::publish(redis, s, e).await]
-                .into_iter()
-                .collect::<Result<Vec<_>, _>>()
+            crate::bus::publish::publish(redis, s, e)
+                .await
+                .map(|id| vec![id])
         } else {
             crate::bus::publish::publish_many(redis, &events).await
         }
