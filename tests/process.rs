@@ -220,10 +220,17 @@ async fn redis_killed_and_restarted_mid_run_loses_and_doubles_nothing() {
     let url = server.url();
     let dir = config(&url, 50);
     let logs = TempDir::new("logs");
-    let (n, users) = (6_000, 6);
+    // Kill Redis as soon as work has visibly started (a fixed sleep was sometimes long
+    // enough for the daemon to finish 6k inputs first).
+    let (n, users) = (30_000, 6);
     preload(&url, n, users).await;
     let mut d = DaemonProcess::start(&dir.path, &url, "survivor", &logs.path);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let redis = connect(&url).await;
+    wait_until(Duration::from_secs(30), "work started", || async {
+        xlen(&redis, B).await > 0
+    })
+    .await;
+    redis.quit().await;
     assert!(!done(&url, n).await, "the restart must land mid-run");
     // kill -9 Redis (AOF, fsync always: every acknowledged write survives), down ~1 s.
     server.kill();
