@@ -144,7 +144,7 @@ pub enum Command {
         no_follow: bool,
     },
 
-    /// Dead letters: list, replay to the original stream, or purge.
+    /// Dead letters: list, replay to the group that dead-lettered them, or purge.
     ///
     /// Example: astra-bus dlq list --group gamification.xp_processing
     Dlq {
@@ -201,8 +201,9 @@ pub enum DlqAction {
         #[arg(long, default_value_t = 100)]
         count: usize,
     },
-    /// Re-publish dead letters to their original stream (new event id, same cid) and
-    /// remove them from the dead-letter stream.
+    /// Hand dead letters back to the group that dead-lettered them (same event id; no
+    /// other group sees them again; a partly applied event resumes) and remove them from
+    /// the dead-letter stream.
     ///
     /// Example: astra-bus dlq replay 1732190000000-0   (or --all [--group G])
     Replay {
@@ -696,8 +697,15 @@ async fn dlq_command(redis: &Redis, cfg: &Config, action: &DlqAction) -> anyhow:
             for s in &streams {
                 for d in dlq::list(redis, s, group.as_deref(), usize::MAX).await? {
                     if *all || ids.contains(&d.dlq_id) {
-                        let (stream, event_id, entry) = dlq::replay(redis, s, &d).await?;
-                        println!("{} -> {stream} {event_id} {entry}", d.dlq_id);
+                        let r = dlq::replay(redis, s, &d).await?;
+                        println!(
+                            "{} -> group {} (event {} of {}), replay entry {}",
+                            d.dlq_id,
+                            r.group,
+                            r.event_id.as_deref().unwrap_or("?"),
+                            r.stream,
+                            r.entry_id
+                        );
                         n += 1;
                     }
                 }

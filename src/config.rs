@@ -139,7 +139,7 @@ struct RawGroupSettings {
     block: Option<Spanned<String>>,
     /// Maximum events of one group in flight (read but not yet committed) at once.
     concurrency: Option<Spanned<i64>>,
-    /// Entries pending longer than this are reclaimed from their consumer (XAUTOCLAIM).
+    /// Entries pending longer than this are reclaimed from their consumer (XPENDING IDLE + XCLAIM).
     claim_idle: Option<Spanned<String>>,
     /// Deliveries (Redis's delivery counter) after which an entry is dead-lettered.
     max_deliveries: Option<Spanned<i64>>,
@@ -480,7 +480,7 @@ pub struct GroupConfig {
     pub block: Duration,
     /// Max events in flight.
     pub concurrency: usize,
-    /// XAUTOCLAIM min idle time.
+    /// Min idle time before an entry is reclaimed.
     pub claim_idle: Duration,
     /// Deliveries before dead-lettering.
     pub max_deliveries: u32,

@@ -1,16 +1,15 @@
 //! The daemon: connect, declare, run every group's readers and reclaimers plus retention,
 //! and on shutdown stop reading, finish in-flight work and return within the deadline.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-use crate::bus::consume::{GroupContext, read_loop, redis_backoff, sleep_or_shutdown};
+use crate::bus::consume::{GroupContext, redis_backoff, sleep_or_shutdown};
 use crate::bus::declare::declare;
+use crate::bus::reader::read_loop;
 use crate::bus::reclaim::reclaim_loop;
 use crate::bus::retention::retention_loop;
 use crate::bus::{BusError, Redis};
@@ -46,12 +45,19 @@ async fn health_loop(
     config: Config,
     metrics: Arc<Metrics>,
     latest: LatestSnapshot,
+    record_positions: bool,
     mut shutdown: Shutdown,
 ) {
     loop {
         match crate::bus::status::snapshot(&redis, &config).await {
             Ok(snap) => {
                 metrics.record_health(&snap);
+                // Where each group is, so a group that vanishes is re-created there.
+                if record_positions
+                    && let Err(e) = crate::bus::status::record_positions(&redis, &snap).await
+                {
+                    tracing::warn!(error = %e, "recording group positions failed");
+                }
                 *latest.write().expect("snapshot lock") = Some((crate::envelope::now_ms(), snap));
             }
             Err(e) => {
@@ -217,21 +223,23 @@ pub async fn run_with(
         &[]
     };
     for (g, handler) in groups.iter().zip(handlers) {
-        let ctx = Arc::new(GroupContext {
-            redis: redis.clone(),
-            group: Arc::new(g.clone()),
+        let ctx = Arc::new(GroupContext::new(
+            redis.clone(),
+            g.clone(),
             handler,
-            consumer: config.daemon.instance.clone(),
-            dedup_ttl: config.daemon.dedup_ttl,
-            inflight: Arc::new(Semaphore::new(g.concurrency)),
-            metrics: metrics.clone(),
-            publishes: g.publishes.iter().cloned().collect::<HashSet<_>>(),
-        });
+            &config.daemon.instance,
+            config.daemon.dedup_ttl,
+            metrics.clone(),
+        ));
         // A reader iteration is one blocking read (block + command timeout) plus, at
         // worst, one retry backoff: longer than that without an iteration means stuck.
         let bound = g.block + config.redis.command_timeout + LOOP_SLACK;
-        for s in &g.reads {
-            metrics.init_series(s, &g.name);
+        // Its streams, and its replay stream (dead letters handed back to it).
+        for s in g.reads.iter().cloned().chain([ctx.replay_stream()]) {
+            let s = &s;
+            if !crate::bus::consume::is_replay_stream(s) {
+                metrics.init_series(s, &g.name);
+            }
             // Every log line of these loops carries the group and stream (JSON logs
             // flatten span fields into the line).
             let span = tracing::info_span!("reader", group = %g.name, stream = %s);
@@ -256,6 +264,7 @@ pub async fn run_with(
         config.clone(),
         metrics.clone(),
         latest,
+        opts.role == Role::All,
         shutdown.clone(),
     ));
     if opts.role == Role::All {

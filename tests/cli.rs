@@ -180,10 +180,12 @@ async fn publish_status_tail_and_dead_letter_replay() {
         "length 1, lag 1, nothing pending: {line}"
     );
 
-    // A dead letter, listed and replayed with a new id and the same cid.
+    // A dead letter, listed, and replayed to its group alone: onto the group's replay
+    // stream with the same event id, nothing new on the shared stream.
     let redis = connect(&url).await;
     let dl = astra_bus::bus::deadletter::DeadLetter {
         entry_id: entry_id.to_string(),
+        stream: "astra.user.registered.v1".to_string(),
         fields: vec![
             (b"id".to_vec(), event_id.as_bytes().to_vec()),
             (b"type".to_vec(), b"user.registered".to_vec()),
@@ -230,10 +232,24 @@ async fn publish_status_tail_and_dead_letter_replay() {
     assert!(list.contains("1 dead letters"));
     let replay = stdout(&run(&["dlq", "replay", "--config", cfg, "--all"], &url));
     assert!(replay.contains("1 replayed"), "{replay}");
-    let all = read_all(&redis, "astra.user.registered.v1").await;
-    assert_eq!(all.len(), 2);
-    assert_eq!(all[1].1.cid, "req-42");
-    assert_ne!(all[1].1.id, event_id);
+    assert!(replay.contains("-> group user.profile_updates"), "{replay}");
+    assert_eq!(
+        read_all(&redis, "astra.user.registered.v1").await.len(),
+        1,
+        "nothing re-published where the sibling groups read"
+    );
+    let copies = read_raw(&redis, "astra:replay:user.profile_updates").await;
+    assert_eq!(copies.len(), 1);
+    let field = |k: &str| {
+        copies[0]
+            .iter()
+            .find(|(f, _)| f == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("id"), event_id, "the same event id");
+    assert_eq!(field("cid"), "req-42");
+    assert_eq!(field("dlq_stream"), "astra.user.registered.v1");
     assert_eq!(xlen(&redis, "astra.bus.dead_letter.v1").await, 0);
     let status = stdout(&run(&["status", "--config", cfg], &url));
     assert!(

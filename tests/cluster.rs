@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use astra_bus::bus::Redis;
 use astra_bus::bus::client::{arg, as_int, keyslot, parse_read_reply};
-use astra_bus::bus::commit::{RoundItem, RoundOutcome, commit_round};
+use astra_bus::bus::commit::{RoundItem, RoundOutcome, Target, commit_round};
 use astra_bus::envelope::{ContentType, Envelope};
 use astra_bus::handlers::{Op, Reply};
 use support::bus::*;
@@ -61,6 +61,15 @@ async fn make_pending(redis: &Redis, n: usize) -> Vec<(String, Envelope)> {
     out
 }
 
+fn target(group: &str) -> Target<'_> {
+    Target {
+        group,
+        stream: A,
+        consumer: "c1",
+        dedup_ttl: Duration::from_secs(60),
+    }
+}
+
 async fn hget(redis: &Redis, key: &str, field: &str) -> Option<i64> {
     as_int(&redis.cmd("HGET", vec![arg(key), arg(field)]).await.unwrap())
 }
@@ -87,7 +96,6 @@ async fn a_round_split_by_slot_applies_once_replays_in_op_order_and_acks_last() 
         .collect();
     let round0 = |i: usize| RoundItem {
         event_id: &evs[i].1.id,
-        event_ts: evs[i].1.ts,
         entry_id: &evs[i].0,
         round: 0,
         is_final: false,
@@ -95,7 +103,7 @@ async fn a_round_split_by_slot_applies_once_replays_in_op_order_and_acks_last() 
         emits: vec![],
     };
     let items: Vec<RoundItem> = (0..evs.len()).map(round0).collect();
-    let first = commit_round(&redis, GROUP, A, 60, &items).await.unwrap();
+    let first = commit_round(&redis, target(GROUP), &items).await.unwrap();
     // Replies come back in op order: event i sees n = i + 1 on every key.
     for (i, o) in first.iter().enumerate() {
         assert_eq!(
@@ -107,7 +115,7 @@ async fn a_round_split_by_slot_applies_once_replays_in_op_order_and_acks_last() 
     // The same round again (a retry after a failure elsewhere, or a redelivery): every
     // slot replays its recorded replies, nothing is applied twice.
     let items: Vec<RoundItem> = (0..evs.len()).map(round0).collect();
-    let again = commit_round(&redis, GROUP, A, 60, &items).await.unwrap();
+    let again = commit_round(&redis, target(GROUP), &items).await.unwrap();
     for (i, o) in again.iter().enumerate() {
         assert_eq!(
             o,
@@ -126,7 +134,6 @@ async fn a_round_split_by_slot_applies_once_replays_in_op_order_and_acks_last() 
     // Final round: other slots, one derived event each; XACK last.
     let fin = |i: usize| RoundItem {
         event_id: &evs[i].1.id,
-        event_ts: evs[i].1.ts,
         entry_id: &evs[i].0,
         round: 1,
         is_final: true,
@@ -137,20 +144,21 @@ async fn a_round_split_by_slot_applies_once_replays_in_op_order_and_acks_last() 
         )],
     };
     let items: Vec<RoundItem> = (0..evs.len()).map(fin).collect();
-    let r = commit_round(&redis, GROUP, A, 60, &items).await.unwrap();
+    let r = commit_round(&redis, target(GROUP), &items).await.unwrap();
     assert!(
         r.iter().all(|o| matches!(o, RoundOutcome::Applied(_))),
         "{r:?}"
     );
     assert_eq!(pending(&redis, A, GROUP).await, 0);
     assert_eq!(xlen(&redis, B).await, 4);
-    // A zombie replaying either round afterwards: acknowledged only, nothing published.
+    // A zombie replaying either round afterwards finds the entries acknowledged: nothing
+    // applied, nothing published.
     let items: Vec<RoundItem> = (0..evs.len()).map(round0).collect();
-    let z0 = commit_round(&redis, GROUP, A, 60, &items).await.unwrap();
-    assert_eq!(z0, vec![RoundOutcome::AlreadyDone; 4]);
+    let z0 = commit_round(&redis, target(GROUP), &items).await.unwrap();
+    assert_eq!(z0, vec![RoundOutcome::NotOurs; 4]);
     let items: Vec<RoundItem> = (0..evs.len()).map(fin).collect();
-    let z1 = commit_round(&redis, GROUP, A, 60, &items).await.unwrap();
-    assert_eq!(z1, vec![RoundOutcome::AlreadyDone; 4]);
+    let z1 = commit_round(&redis, target(GROUP), &items).await.unwrap();
+    assert_eq!(z1, vec![RoundOutcome::NotOurs; 4]);
     assert_eq!(xlen(&redis, B).await, 4);
     for k in &keys1 {
         assert_eq!(hget(&redis, k, "n").await, Some(40), "{k}");
@@ -165,16 +173,14 @@ async fn a_round_split_by_slot_applies_once_replays_in_op_order_and_acks_last() 
         );
     }
     // An op whose two keys are in different slots is refused, not half-applied.
-    let (entry, env) = &evs[0];
+    let more = make_pending(&redis, 1).await;
+    let (entry, env) = &more[0];
     let bad = [Op::chain_append("astra:test:head", "astra:test:log", b"r")];
     let r = commit_round(
         &redis,
-        "test.other",
-        A,
-        60,
+        target(GROUP),
         &[RoundItem {
             event_id: &env.id,
-            event_ts: env.ts,
             entry_id: entry,
             round: 0,
             is_final: true,
@@ -235,20 +241,42 @@ async fn preload(redis: &Redis, n: usize, users: usize) -> Vec<String> {
     ids
 }
 
-async fn done(redis: &Redis, n: usize) -> bool {
-    hgetall_int(redis, "astra:count:test.count")
+/// Dead letters of `group`, as (event id, user id of the payload).
+async fn dead_of(redis: &Redis, group: &str) -> Vec<(String, String)> {
+    astra_bus::bus::dlq::list(redis, DLQ, Some(group), usize::MAX)
         .await
-        .values()
-        .sum::<i64>()
-        >= n as i64
-        && pending(redis, A, "test.count").await == 0
+        .unwrap()
+        .into_iter()
+        .map(|d| {
+            let env = Envelope::from_fields(&d.original).unwrap();
+            let user = env.data_as_json().unwrap()["user_id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (env.id, user)
+        })
+        .collect()
+}
+
+/// Every input applied by both groups, or dead-lettered by the one that gave up on it
+/// (an entry in flight at `max_deliveries` consecutive kills looks exactly like one that
+/// kills the daemon, and goes to the dead letters: counted, never lost).
+async fn done(redis: &Redis, n: usize) -> bool {
+    pending(redis, A, "test.count").await == 0
         && pending(redis, A, "test.fwd").await == 0
+        && hgetall_int(redis, "astra:count:test.count")
+            .await
+            .values()
+            .sum::<i64>() as usize
+            + dead_of(redis, "test.count").await.len()
+            >= n
         && read_all(redis, B)
             .await
             .iter()
             .map(|(_, e)| e.caus.clone())
             .collect::<HashSet<_>>()
             .len()
+            + dead_of(redis, "test.fwd").await.len()
             >= n
 }
 
@@ -287,14 +315,29 @@ async fn sigkill_at_random_points_on_a_cluster_is_effectively_once() {
         kills >= 3,
         "the test must actually kill the daemon mid-flight"
     );
-    // State: exact (per-slot markers: never applied twice).
+    // State: exact (per-slot progress: never applied twice), counting what was
+    // dead-lettered after max_deliveries attempts as not applied.
+    let dead_count = dead_of(&redis, "test.count").await;
+    let dead_fwd = dead_of(&redis, "test.fwd").await;
+    for d in astra_bus::bus::dlq::list(&redis, DLQ, None, usize::MAX)
+        .await
+        .unwrap()
+    {
+        assert_eq!(d.get("reason"), Some("max_deliveries"), "{:?}", d.meta);
+    }
     let counts = hgetall_int(&redis, "astra:count:test.count").await;
     assert_eq!(counts.len(), users);
     for (u, c) in &counts {
-        assert_eq!(*c, (n / users) as i64, "user {u}: {counts:?}");
+        let dead = dead_count.iter().filter(|(_, du)| du == u).count();
+        assert_eq!(
+            *c,
+            (n / users - dead) as i64,
+            "user {u} ({dead} dead-lettered): {counts:?}"
+        );
     }
-    // Derived events: exactly one distinct event id per input; a crash between XADD and
-    // XACK may leave a second entry, but with the same id (consumers skip it).
+    // Derived events: exactly one distinct event id per input the forwarder did not
+    // dead-letter; a crash between XADD and XACK may leave a second entry, but with the
+    // same id (consumers skip it).
     let out = read_all(&redis, B).await;
     let by_cause: HashSet<&str> = out
         .iter()
@@ -302,17 +345,21 @@ async fn sigkill_at_random_points_on_a_cluster_is_effectively_once() {
         .collect();
     let distinct: HashSet<&str> = out.iter().map(|(_, e)| e.id.as_str()).collect();
     let known: HashSet<&str> = ids.iter().map(String::as_str).collect();
-    assert_eq!(by_cause.len(), n);
+    let fwd_dead: HashSet<&str> = dead_fwd.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(by_cause.len(), n - fwd_dead.len());
     assert!(by_cause.is_subset(&known));
-    assert_eq!(distinct.len(), n, "one derived id per input");
-    let extra_copies = out.len() - n;
+    assert!(
+        by_cause.is_disjoint(&fwd_dead),
+        "dead-lettered and published"
+    );
+    assert_eq!(distinct.len(), by_cause.len(), "one derived id per input");
+    let extra_copies = out.len() - by_cause.len();
     let _ = std::io::Write::write_all(
         &mut std::io::stderr(),
-        format!("cluster SIGKILL loop: {kills} kills, {n} inputs, {} derived entries ({extra_copies} same-id copies)\n", out.len()).as_bytes(),
+        format!("cluster SIGKILL loop: {kills} kills, {n} inputs, {} derived entries ({extra_copies} same-id copies), {} + {} dead-lettered after max_deliveries\n", out.len(), dead_count.len(), dead_fwd.len()).as_bytes(),
     );
     assert_eq!(pending(&redis, A, "test.count").await, 0);
     assert_eq!(pending(&redis, A, "test.fwd").await, 0);
-    assert_eq!(xlen(&redis, DLQ).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,12 +407,15 @@ async fn dead_letters_replay_retention_reclaim_and_pruning_work_on_a_cluster() {
     assert!(dead.iter().all(|d| d.get("reason") == Some("malformed")));
     let counts = hgetall_int(&redis, astra_bus::bus::deadletter::DEAD_LETTER_COUNTS).await;
     assert_eq!(counts.get("test.count"), Some(&1));
-    // Replay puts it back on its stream (new id) and forgets the dead letter.
+    // Replay hands it back to its group alone (its replay stream; the shared stream gets
+    // nothing) and forgets the dead letter.
     let before = xlen(&redis, A).await;
-    astra_bus::bus::dlq::replay(&redis, DLQ, &dead[0])
+    let r = astra_bus::bus::dlq::replay(&redis, DLQ, &dead[0])
         .await
         .unwrap();
-    assert_eq!(xlen(&redis, A).await, before + 1);
+    assert_eq!(xlen(&redis, A).await, before);
+    let replay = astra_bus::bus::consume::replay_stream(&r.group);
+    assert_eq!(xlen(&redis, &replay).await, 1);
     assert_eq!(xlen(&redis, DLQ).await, 1);
     assert_eq!(
         astra_bus::bus::dlq::purge(&redis, DLQ, None).await.unwrap(),
@@ -374,10 +424,7 @@ async fn dead_letters_replay_retention_reclaim_and_pruning_work_on_a_cluster() {
     // Status reads every group from the three masters in one pipelined round.
     let st = astra_bus::bus::status::status(&redis, &cfg).await.unwrap();
     assert_eq!(st.len(), 2);
-    assert!(
-        st.iter().all(|g| g.exists && g.length == before + 1),
-        "{st:?}"
-    );
+    assert!(st.iter().all(|g| g.exists && g.length == before), "{st:?}");
     // Reclaim: entries pending on a vanished consumer are taken over and processed.
     preload(&redis, 6, 2).await;
     redis
@@ -397,27 +444,22 @@ async fn dead_letters_replay_retention_reclaim_and_pruning_work_on_a_cluster() {
         .await
         .unwrap();
     let group = cfg.group("test.count").unwrap();
-    let ctx = std::sync::Arc::new(astra_bus::bus::consume::GroupContext {
-        redis: redis.clone(),
-        group: std::sync::Arc::new(group.clone()),
-        handler: registry.build(group).unwrap(),
-        consumer: "rescuer".into(),
-        dedup_ttl: Duration::from_secs(60),
-        inflight: std::sync::Arc::new(tokio::sync::Semaphore::new(100)),
-        metrics: astra_bus::metrics::Metrics::new(),
-        publishes: Default::default(),
-    });
+    let ctx = std::sync::Arc::new(astra_bus::bus::consume::GroupContext::new(
+        redis.clone(),
+        group.clone(),
+        registry.build(group).unwrap(),
+        "rescuer",
+        Duration::from_secs(60),
+        astra_bus::metrics::Metrics::new(),
+    ));
     tokio::time::sleep(group.claim_idle + Duration::from_millis(100)).await;
     let (_t, shutdown) = astra_bus::shutdown::Shutdown::new();
     let rep = astra_bus::bus::reclaim::reclaim_once(&ctx, A, &shutdown)
         .await
         .unwrap();
-    assert_eq!(
-        rep.claimed, 7,
-        "6 new + the replayed malformed entry: {rep:?}"
-    );
+    assert_eq!(rep.claimed, 6, "the 6 new entries: {rep:?}");
     assert_eq!(rep.processed.committed, 6);
-    assert_eq!(rep.processed.dead_lettered, 1);
+    assert_eq!(rep.processed.dead_lettered, 0);
     assert_eq!(pending(&redis, A, "test.count").await, 0);
     assert_eq!(
         hgetall_int(&redis, "astra:count:test.count")
@@ -432,7 +474,7 @@ async fn dead_letters_replay_retention_reclaim_and_pruning_work_on_a_cluster() {
         .unwrap();
     assert!(removed.contains(&"ghost".to_string()), "{removed:?}");
     // Retention: runs against the cluster and never trims what a group still needs:
-    // test.fwd has not read the 7 newest entries (the replayed one and the 6 new ones).
+    // test.fwd has not read the 6 newest entries.
     let mut s = cfg.stream(A).unwrap().clone();
     s.max_len = Some(0);
     astra_bus::bus::retention::trim_stream(&redis, &s)
@@ -451,7 +493,7 @@ async fn dead_letters_replay_retention_reclaim_and_pruning_work_on_a_cluster() {
         .unwrap();
     assert_eq!(
         astra_bus::bus::client::parse_entries(v).len(),
-        7,
+        6,
         "what test.fwd still needs is kept"
     );
 }

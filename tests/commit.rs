@@ -1,12 +1,15 @@
 //! The commit script against a real redis-server: rounds are applied once and replayed from
-//! the marker, the final round publishes and acknowledges exactly once, key types are
-//! checked before anything is written, and hash-chain appends link records with SHA-256.
+//! the recorded progress, the final round publishes and acknowledges exactly once, every
+//! precondition of every write (key types of ops and derived events, increments that stay
+//! integers) is checked before anything is written, an entry that is no longer pending for
+//! the group is left alone, a round that fails half way resumes instead of re-applying, and
+//! hash-chain appends link records with SHA-256.
 
 mod support;
 
 use astra_bus::bus::Redis;
 use astra_bus::bus::client::{Value, arg, as_int, as_string, parse_read_reply};
-use astra_bus::bus::commit::{RoundItem, RoundOutcome, commit_round};
+use astra_bus::bus::commit::{RoundItem, RoundOutcome, Target, commit_round};
 use astra_bus::envelope::{ContentType, Envelope};
 use astra_bus::handlers::{Op, Reply};
 use sha2::{Digest, Sha256};
@@ -58,7 +61,7 @@ async fn setup(server: &RedisServer, n: usize) -> (Redis, Vec<(String, Envelope)
                 arg(GROUP),
                 arg("c1"),
                 arg("COUNT"),
-                arg(1000),
+                arg(100_000),
                 arg("STREAMS"),
                 arg(STREAM),
                 arg(">"),
@@ -85,77 +88,123 @@ async fn get(redis: &Redis, cmd: &'static str, args: Vec<Value>) -> Value {
     redis.cmd(cmd, args).await.unwrap()
 }
 
-#[tokio::test]
-async fn rounds_apply_once_and_replay_from_the_marker() {
-    let server = RedisServer::start();
-    let (redis, evs) = setup(&server, 1).await;
-    let (entry, env) = &evs[0];
-    let ops = vec![
-        Op::hincrby("astra:test:h", "u1", 5),
-        Op::hget("astra:test:h", "u1"),
-    ];
-    let item = |round, is_final, ops: &'static [Op]| RoundItem {
+fn target() -> Target<'static> {
+    Target {
+        group: GROUP,
+        stream: STREAM,
+        consumer: "c1",
+        dedup_ttl: Duration::from_secs(60),
+    }
+}
+
+async fn commit(redis: &Redis, items: &[RoundItem<'_>]) -> Vec<RoundOutcome> {
+    commit_round(redis, target(), items).await.unwrap()
+}
+
+fn item<'a>(
+    entry: &'a str,
+    env: &'a Envelope,
+    round: usize,
+    is_final: bool,
+    ops: &'a [Op],
+) -> RoundItem<'a> {
+    RoundItem {
         event_id: &env.id,
-        event_ts: env.ts,
         entry_id: entry,
         round,
         is_final,
         ops,
         emits: vec![],
-    };
-    let ops: &'static [Op] = Box::leak(ops.into_boxed_slice());
-    let first = commit_round(&redis, GROUP, STREAM, 60, &[item(0, false, ops)])
-        .await
-        .unwrap();
-    assert_eq!(
-        first,
-        vec![RoundOutcome::Applied(vec![
-            Reply::Int(5),
-            Reply::Bytes(b"5".to_vec())
-        ])]
-    );
-    // A redelivery replays round 0 from the marker without applying it again.
-    let again = commit_round(&redis, GROUP, STREAM, 60, &[item(0, false, ops)])
-        .await
-        .unwrap();
-    assert_eq!(
-        again,
-        vec![RoundOutcome::Replayed(vec![
-            Reply::Int(5),
-            Reply::Bytes(b"5".to_vec())
-        ])]
-    );
-    assert_eq!(
-        as_string(&get(&redis, "HGET", vec![arg("astra:test:h"), arg("u1")]).await).unwrap(),
-        "5"
-    );
-    assert_eq!(pending(&redis).await, 1, "not final yet: still pending");
+    }
+}
 
-    // Final round: applies, acks, marks done.
-    let fin: &'static [Op] =
-        Box::leak(vec![Op::hincrby("astra:test:h", "u1", 1)].into_boxed_slice());
-    let r = commit_round(&redis, GROUP, STREAM, 60, &[item(1, true, fin)])
+fn with_emit<'a>(mut it: RoundItem<'a>, env: &Envelope) -> RoundItem<'a> {
+    it.emits = vec![(
+        OUT.to_string(),
+        env.derive(GROUP, 0, "test.out", 1, b"x".to_vec()),
+    )];
+    it
+}
+
+async fn text(redis: &Redis, key: &str, field: &str) -> Option<String> {
+    as_string(&get(redis, "HGET", vec![arg(key), arg(field)]).await)
+}
+
+async fn xlen(redis: &Redis, key: &str) -> i64 {
+    as_int(&get(redis, "XLEN", vec![arg(key)]).await).unwrap_or(0)
+}
+
+/// A second entry carrying the same event (a producer that retried its XADD), pending.
+async fn duplicate_of(redis: &Redis, env: &Envelope) -> String {
+    let id = astra_bus::bus::publish::publish(redis, STREAM, env)
         .await
         .unwrap();
-    assert_eq!(r, vec![RoundOutcome::Applied(vec![Reply::Int(6)])]);
-    assert_eq!(pending(&redis).await, 0);
-    // A zombie replaying any round now only acknowledges.
-    let z0 = commit_round(&redis, GROUP, STREAM, 60, &[item(0, false, ops)])
+    redis
+        .cmd(
+            "XREADGROUP",
+            vec![
+                arg("GROUP"),
+                arg(GROUP),
+                arg("c1"),
+                arg("COUNT"),
+                arg(1000),
+                arg("STREAMS"),
+                arg(STREAM),
+                arg(">"),
+            ],
+        )
         .await
         .unwrap();
-    assert_eq!(z0, vec![RoundOutcome::AlreadyDone]);
-    let z1 = commit_round(&redis, GROUP, STREAM, 60, &[item(1, true, fin)])
-        .await
-        .unwrap();
-    assert_eq!(z1, vec![RoundOutcome::AlreadyDone]);
+    id
+}
+
+#[tokio::test]
+async fn rounds_apply_once_and_replay_from_the_recorded_progress() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 1).await;
+    let (entry, env) = &evs[0];
+    let ops = [
+        Op::hincrby("astra:test:h", "u1", 5),
+        Op::hget("astra:test:h", "u1"),
+    ];
+    let first = commit(&redis, &[item(entry, env, 0, false, &ops)]).await;
+    let replies = vec![Reply::Int(5), Reply::Bytes(b"5".to_vec())];
+    assert_eq!(first, vec![RoundOutcome::Applied(replies.clone())]);
+    // A redelivery replays round 0 from the progress without applying it again.
+    let again = commit(&redis, &[item(entry, env, 0, false, &ops)]).await;
+    assert_eq!(again, vec![RoundOutcome::Replayed(replies)]);
+    assert_eq!(text(&redis, "astra:test:h", "u1").await.unwrap(), "5");
+    assert_eq!(pending(&redis).await, 1, "not final yet: still pending");
+    let progress = astra_bus::bus::commit::progress_key(GROUP);
     assert_eq!(
-        as_string(&get(&redis, "HGET", vec![arg("astra:test:h"), arg("u1")]).await).unwrap(),
-        "6"
+        as_int(&get(&redis, "HLEN", vec![arg(progress.as_str())]).await),
+        Some(1)
     );
-    // The marker bucket expires.
-    let key = astra_bus::bus::commit::dedup_key(GROUP, env.ts);
+
+    // Final round: applies, acks, marks done, forgets the progress.
+    let fin = [Op::hincrby("astra:test:h", "u1", 1)];
+    let r = commit(&redis, &[item(entry, env, 1, true, &fin)]).await;
+    assert_eq!(r, vec![RoundOutcome::Applied(vec![])]);
+    assert_eq!(pending(&redis).await, 0);
+    assert_eq!(
+        as_int(&get(&redis, "HLEN", vec![arg(progress.as_str())]).await),
+        Some(0)
+    );
+    // A zombie committing any round of that entry now finds it acknowledged: nothing.
+    let z0 = commit(&redis, &[item(entry, env, 0, false, &ops)]).await;
+    assert_eq!(z0, vec![RoundOutcome::NotOurs]);
+    let z1 = commit(&redis, &[item(entry, env, 1, true, &fin)]).await;
+    assert_eq!(z1, vec![RoundOutcome::NotOurs]);
+    // A second entry of the same event (a retried XADD) is only acknowledged.
+    let dup = duplicate_of(&redis, env).await;
+    let d = commit(&redis, &[item(&dup, env, 0, false, &ops)]).await;
+    assert_eq!(d, vec![RoundOutcome::AlreadyDone]);
+    assert_eq!(pending(&redis).await, 0);
+    assert_eq!(text(&redis, "astra:test:h", "u1").await.unwrap(), "6");
+    // The done marker's generation expires.
+    let key = &astra_bus::bus::commit::done_marker_keys(GROUP, Duration::from_secs(60))[0];
     let ttl = as_int(&get(&redis, "TTL", vec![arg(key.as_str())]).await).unwrap();
-    assert!(ttl > 0 && ttl <= 60, "ttl {ttl}");
+    assert!(ttl > 0 && ttl <= 90, "ttl {ttl}");
 }
 
 #[tokio::test]
@@ -164,36 +213,17 @@ async fn final_round_publishes_and_acks_exactly_once_for_a_batch() {
     let (redis, evs) = setup(&server, 3).await;
     let mk = |i: usize| {
         let (entry, env) = &evs[i];
-        RoundItem {
-            event_id: &env.id,
-            event_ts: env.ts,
-            entry_id: entry,
-            round: 0,
-            is_final: true,
-            ops: &[],
-            emits: vec![(
-                OUT.to_string(),
-                env.derive(GROUP, 0, "test.out", 1, b"x".to_vec()),
-            )],
-        }
+        with_emit(item(entry, env, 0, true, &[]), env)
     };
     let items: Vec<RoundItem> = (0..3).map(mk).collect();
-    let r = commit_round(&redis, GROUP, STREAM, 60, &items)
-        .await
-        .unwrap();
-    assert!(
-        r.iter().all(|o| matches!(o, RoundOutcome::Applied(_))),
-        "{r:?}"
-    );
-    assert_eq!(as_int(&get(&redis, "XLEN", vec![arg(OUT)]).await), Some(3));
+    let r = commit(&redis, &items).await;
+    assert_eq!(r, vec![RoundOutcome::Applied(vec![]); 3]);
+    assert_eq!(xlen(&redis, OUT).await, 3);
     assert_eq!(pending(&redis).await, 0);
     // The same batch again (a zombie that was paused past claim_idle): nothing new.
     let items: Vec<RoundItem> = (0..3).map(mk).collect();
-    let r = commit_round(&redis, GROUP, STREAM, 60, &items)
-        .await
-        .unwrap();
-    assert_eq!(r, vec![RoundOutcome::AlreadyDone; 3]);
-    assert_eq!(as_int(&get(&redis, "XLEN", vec![arg(OUT)]).await), Some(3));
+    assert_eq!(commit(&redis, &items).await, vec![RoundOutcome::NotOurs; 3]);
+    assert_eq!(xlen(&redis, OUT).await, 3);
     // The derived entries carry cid and caus.
     let v = get(&redis, "XRANGE", vec![arg(OUT), arg("-"), arg("+")]).await;
     let entries = astra_bus::bus::client::parse_entries(v);
@@ -205,35 +235,26 @@ async fn final_round_publishes_and_acks_exactly_once_for_a_batch() {
 }
 
 #[tokio::test]
-async fn wrong_key_type_fails_before_anything_is_written() {
+async fn wrong_key_type_fails_that_event_before_anything_is_written() {
     let server = RedisServer::start();
-    let (redis, evs) = setup(&server, 1).await;
+    let (redis, evs) = setup(&server, 2).await;
     redis
         .cmd("SET", vec![arg("astra:test:str"), arg("x")])
         .await
         .unwrap();
-    let (entry, env) = &evs[0];
-    let ops = [
+    let bad = [
         Op::hincrby("astra:test:other", "f", 1),
         Op::hincrby("astra:test:str", "f", 1),
     ];
-    let r = commit_round(
+    let good = [Op::hincrby("astra:test:ok", "f", 1)];
+    let r = commit(
         &redis,
-        GROUP,
-        STREAM,
-        60,
-        &[RoundItem {
-            event_id: &env.id,
-            event_ts: env.ts,
-            entry_id: entry,
-            round: 0,
-            is_final: true,
-            ops: &ops,
-            emits: vec![],
-        }],
+        &[
+            item(&evs[0].0, &evs[0].1, 0, true, &bad),
+            item(&evs[1].0, &evs[1].1, 0, true, &good),
+        ],
     )
-    .await
-    .unwrap();
+    .await;
     match &r[0] {
         RoundOutcome::Failed(reason) => assert!(
             reason.contains("astra:test:str") && reason.contains("hash"),
@@ -242,13 +263,246 @@ async fn wrong_key_type_fails_before_anything_is_written() {
         other => panic!("{other:?}"),
     }
     assert_eq!(
+        r[1],
+        RoundOutcome::Applied(vec![]),
+        "the other event commits"
+    );
+    assert_eq!(
         as_int(&get(&redis, "EXISTS", vec![arg("astra:test:other")]).await),
-        Some(0)
+        Some(0),
+        "nothing of the failed event was written"
+    );
+    assert_eq!(
+        text(&redis, "astra:test:ok", "f").await.as_deref(),
+        Some("1")
     );
     assert_eq!(
         pending(&redis).await,
         1,
         "a failed event is not acknowledged by the commit"
+    );
+}
+
+/// Issue 12 (5): the derived event's stream had no type check, so a WRONGTYPE on its XADD
+/// aborted the script after earlier events' ops were written and before their markers
+/// were: every redelivery applied them again.
+#[tokio::test]
+async fn a_derived_event_to_a_key_of_the_wrong_type_fails_before_any_write() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 2).await;
+    redis.cmd("SET", vec![arg(OUT), arg("x")]).await.unwrap();
+    let ops = [Op::hincrby("astra:test:h", "n", 1)];
+    let items = || -> Vec<RoundItem> {
+        vec![
+            item(&evs[0].0, &evs[0].1, 0, true, &ops),
+            with_emit(item(&evs[1].0, &evs[1].1, 0, true, &ops), &evs[1].1),
+        ]
+    };
+    let r = commit(&redis, &items()).await;
+    assert_eq!(r[0], RoundOutcome::Applied(vec![]));
+    match &r[1] {
+        RoundOutcome::Failed(reason) => {
+            assert!(
+                reason.contains(OUT) && reason.contains("stream"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        text(&redis, "astra:test:h", "n").await.as_deref(),
+        Some("1")
+    );
+    // Redelivered (the failed one stays pending): the first is not applied again.
+    let r = commit(&redis, &items()).await;
+    assert_eq!(r[0], RoundOutcome::NotOurs);
+    assert!(matches!(r[1], RoundOutcome::Failed(_)), "{r:?}");
+    assert_eq!(
+        text(&redis, "astra:test:h", "n").await.as_deref(),
+        Some("1")
+    );
+}
+
+/// Issue 12 (9): a total near i64::MAX made every later event fail after part of its ops
+/// were applied. The increment's precondition is checked before the first write.
+#[tokio::test]
+async fn an_increment_that_would_overflow_fails_before_any_write() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 3).await;
+    let near = (i64::MAX - 100).to_string();
+    redis
+        .cmd(
+            "HSET",
+            vec![arg("astra:test:total"), arg("v"), arg(near.as_str())],
+        )
+        .await
+        .unwrap();
+    let small = [
+        Op::hincrby("astra:test:count", "n", 1),
+        Op::hincrby("astra:test:total", "v", 10),
+    ];
+    let huge = [
+        Op::hincrby("astra:test:count", "n", 1),
+        Op::hincrby("astra:test:total", "v", 1_000_000),
+    ];
+    let r = commit(
+        &redis,
+        &[
+            item(&evs[0].0, &evs[0].1, 0, true, &small),
+            item(&evs[1].0, &evs[1].1, 0, true, &huge),
+            item(&evs[2].0, &evs[2].1, 0, true, &small),
+        ],
+    )
+    .await;
+    assert_eq!(r[0], RoundOutcome::Applied(vec![]));
+    match &r[1] {
+        RoundOutcome::Failed(reason) => assert!(reason.contains("overflow"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r[2], RoundOutcome::Applied(vec![]));
+    assert_eq!(
+        text(&redis, "astra:test:count", "n").await.as_deref(),
+        Some("2"),
+        "nothing of the refused event was applied"
+    );
+    assert_eq!(
+        text(&redis, "astra:test:total", "v").await.unwrap(),
+        (i64::MAX - 80).to_string()
+    );
+}
+
+/// Issue 12 (4): a final round that failed part-way was recorded like a complete round,
+/// and its redelivery acknowledged it without publishing its derived events.
+#[tokio::test]
+async fn a_round_that_fails_half_way_resumes_and_then_publishes() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 1).await;
+    let (entry, env) = &evs[0];
+    // A string that is not a HyperLogLog: TYPE says string, PFADD still refuses it, so
+    // only running the op finds out.
+    redis
+        .cmd("SET", vec![arg("astra:test:hll"), arg("not a hyperloglog")])
+        .await
+        .unwrap();
+    let ops = [
+        Op::hincrby("astra:test:h", "n", 5),
+        Op::pfadd("astra:test:hll", "u1"),
+    ];
+    let round = || with_emit(item(entry, env, 0, true, &ops), env);
+    let r = commit(&redis, &[round()]).await;
+    match &r[0] {
+        RoundOutcome::Failed(reason) => assert!(reason.contains("PFADD"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        text(&redis, "astra:test:h", "n").await.as_deref(),
+        Some("5")
+    );
+    assert_eq!(xlen(&redis, OUT).await, 0);
+    assert_eq!(
+        pending(&redis).await,
+        1,
+        "not acknowledged without its derived event"
+    );
+    // Still broken: fails again, applies nothing twice.
+    let r = commit(&redis, &[round()]).await;
+    assert!(matches!(r[0], RoundOutcome::Failed(_)), "{r:?}");
+    assert_eq!(
+        text(&redis, "astra:test:h", "n").await.as_deref(),
+        Some("5")
+    );
+    // The operator fixes the key; the redelivery resumes after what was applied.
+    redis.cmd("DEL", vec![arg("astra:test:hll")]).await.unwrap();
+    let r = commit(&redis, &[round()]).await;
+    assert_eq!(r, vec![RoundOutcome::Applied(vec![])]);
+    assert_eq!(
+        text(&redis, "astra:test:h", "n").await.as_deref(),
+        Some("5")
+    );
+    assert_eq!(
+        as_int(&get(&redis, "PFCOUNT", vec![arg("astra:test:hll")]).await),
+        Some(1)
+    );
+    assert_eq!(xlen(&redis, OUT).await, 1, "the derived event, once");
+    assert_eq!(pending(&redis).await, 0);
+}
+
+/// Issue 12 (8): an entry another consumer finished or dead-lettered meanwhile is left
+/// alone, whatever the markers say (they may have expired for a long-paused consumer).
+#[tokio::test]
+async fn an_entry_that_is_no_longer_pending_is_not_applied() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 2).await;
+    // The reclaimer dead-lettered the first, another consumer finished the second.
+    for (entry, _) in &evs {
+        redis
+            .cmd("XACK", vec![arg(STREAM), arg(GROUP), arg(entry.as_str())])
+            .await
+            .unwrap();
+    }
+    let ops = [Op::hincrby("astra:test:h", "n", 1)];
+    let r = commit(
+        &redis,
+        &[
+            with_emit(item(&evs[0].0, &evs[0].1, 0, true, &ops), &evs[0].1),
+            item(&evs[1].0, &evs[1].1, 0, false, &ops),
+        ],
+    )
+    .await;
+    assert_eq!(r, vec![RoundOutcome::NotOurs; 2]);
+    assert_eq!(text(&redis, "astra:test:h", "n").await, None);
+    assert_eq!(xlen(&redis, OUT).await, 0);
+}
+
+#[tokio::test]
+async fn one_key_used_as_two_types_in_a_batch_commits_what_fits() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 3).await;
+    let as_hash = [Op::hincrby("astra:test:k", "f", 1)];
+    let as_zset = [Op::zincrby("astra:test:k", 1, "m")];
+    let both = [
+        Op::hincrby("astra:test:j", "f", 1),
+        Op::zincrby("astra:test:j", 1, "m"),
+    ];
+    let r = commit(
+        &redis,
+        &[
+            item(&evs[0].0, &evs[0].1, 0, true, &as_hash),
+            item(&evs[1].0, &evs[1].1, 0, true, &as_zset),
+            item(&evs[2].0, &evs[2].1, 0, true, &both),
+        ],
+    )
+    .await;
+    assert_eq!(r[0], RoundOutcome::Applied(vec![]));
+    match (&r[1], &r[2]) {
+        (RoundOutcome::Failed(a), RoundOutcome::Failed(b)) => {
+            assert!(a.contains("holds a hash"), "{a}");
+            assert!(b.contains("both as a hash and as a zset"), "{b}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pending(&redis).await, 2);
+}
+
+#[tokio::test]
+async fn large_batches_go_through_in_one_call() {
+    let server = RedisServer::start();
+    let (redis, evs) = setup(&server, 1500).await;
+    let ops: Vec<[Op; 1]> = (0..evs.len())
+        .map(|i| [Op::hincrby("astra:test:h", format!("u{}", i % 10), 1)])
+        .collect();
+    let items: Vec<RoundItem> = evs
+        .iter()
+        .zip(&ops)
+        .map(|((e, env), ops)| with_emit(item(e, env, 0, true, ops), env))
+        .collect();
+    let r = commit(&redis, &items).await;
+    assert!(r.iter().all(|o| *o == RoundOutcome::Applied(vec![])));
+    assert_eq!(pending(&redis).await, 0);
+    assert_eq!(xlen(&redis, OUT).await, 1500);
+    assert_eq!(
+        text(&redis, "astra:test:h", "u3").await.as_deref(),
+        Some("150")
     );
 }
 
@@ -266,23 +520,8 @@ async fn chain_append_links_records_with_sha256() {
             &record,
         )];
         let (entry, env) = &evs[i];
-        let r = commit_round(
-            &redis,
-            GROUP,
-            STREAM,
-            60,
-            &[RoundItem {
-                event_id: &env.id,
-                event_ts: env.ts,
-                entry_id: entry,
-                round: 0,
-                is_final: true,
-                ops: &ops,
-                emits: vec![],
-            }],
-        )
-        .await
-        .unwrap();
+        // A non-final round, so the replies come back.
+        let r = commit(&redis, &[item(entry, env, 0, false, &ops)]).await;
         let mut h = Sha256::new();
         h.update(prev.as_bytes());
         h.update(&record);
@@ -313,45 +552,32 @@ async fn chain_append_links_records_with_sha256() {
 #[tokio::test]
 async fn the_same_event_twice_in_one_batch_applies_once() {
     let server = RedisServer::start();
-    let (redis, evs) = setup(&server, 2).await;
-    // Two entries carrying the same event id (a publisher retried its XADD).
+    let (redis, evs) = setup(&server, 1).await;
     let (entry_a, env) = &evs[0];
-    let (entry_b, _) = &evs[1];
+    let entry_b = duplicate_of(&redis, env).await;
     let ops = [Op::hincrby("astra:test:h", "u1", 1)];
-    let item = |entry: &'static str| RoundItem {
-        event_id: &env.id,
-        event_ts: env.ts,
-        entry_id: entry,
-        round: 0,
-        is_final: true,
-        ops: &ops,
-        emits: vec![(
-            OUT.to_string(),
-            env.derive(GROUP, 0, "test.out", 1, b"x".to_vec()),
-        )],
-    };
-    let a: &'static str = Box::leak(entry_a.clone().into_boxed_str());
-    let b: &'static str = Box::leak(entry_b.clone().into_boxed_str());
-    let r = commit_round(&redis, GROUP, STREAM, 60, &[item(a), item(b)])
-        .await
-        .unwrap();
+    let r = commit(
+        &redis,
+        &[
+            with_emit(item(entry_a, env, 0, true, &ops), env),
+            with_emit(item(&entry_b, env, 0, true, &ops), env),
+        ],
+    )
+    .await;
     assert_eq!(
         r,
-        vec![
-            RoundOutcome::Applied(vec![Reply::Int(1)]),
-            RoundOutcome::AlreadyDone
-        ]
+        vec![RoundOutcome::Applied(vec![]), RoundOutcome::AlreadyDone]
     );
     assert_eq!(
-        as_string(&get(&redis, "HGET", vec![arg("astra:test:h"), arg("u1")]).await).unwrap(),
-        "1"
+        text(&redis, "astra:test:h", "u1").await.as_deref(),
+        Some("1")
     );
-    assert_eq!(as_int(&get(&redis, "XLEN", vec![arg(OUT)]).await), Some(1));
+    assert_eq!(xlen(&redis, OUT).await, 1);
     assert_eq!(pending(&redis).await, 0, "both entries acknowledged");
 }
 
 #[tokio::test]
-async fn an_op_failing_mid_round_is_recorded_so_nothing_is_applied_twice() {
+async fn a_non_integer_value_fails_the_increment_before_any_write() {
     let server = RedisServer::start();
     let (redis, evs) = setup(&server, 1).await;
     redis
@@ -366,18 +592,7 @@ async fn an_op_failing_mid_round_is_recorded_so_nothing_is_applied_twice() {
         Op::hincrby("astra:test:h", "n", 5),
         Op::hincrby("astra:test:h", "text", 1),
     ];
-    let item = RoundItem {
-        event_id: &env.id,
-        event_ts: env.ts,
-        entry_id: entry,
-        round: 0,
-        is_final: false,
-        ops: &ops,
-        emits: vec![],
-    };
-    let r = commit_round(&redis, GROUP, STREAM, 60, std::slice::from_ref(&item))
-        .await
-        .unwrap();
+    let r = commit(&redis, &[item(entry, env, 0, false, &ops)]).await;
     match &r[0] {
         RoundOutcome::Failed(reason) => assert!(
             reason.contains("HINCRBY astra:test:h") && reason.contains("not an integer"),
@@ -385,13 +600,57 @@ async fn an_op_failing_mid_round_is_recorded_so_nothing_is_applied_twice() {
         ),
         other => panic!("{other:?}"),
     }
-    // The first op was written; a redelivery replays the recorded round instead.
-    let again = commit_round(&redis, GROUP, STREAM, 60, &[item])
-        .await
-        .unwrap();
-    assert!(matches!(again[0], RoundOutcome::Replayed(_)), "{again:?}");
     assert_eq!(
-        as_string(&get(&redis, "HGET", vec![arg("astra:test:h"), arg("n")]).await).unwrap(),
-        "5"
+        text(&redis, "astra:test:h", "n").await,
+        None,
+        "nothing written"
     );
+}
+
+/// The overflow precondition is exact (Lua's doubles are not: it adds on decimal text):
+/// random values and increments near both ends of the i64 range are refused exactly when
+/// Rust's `checked_add` would overflow, and applied otherwise.
+#[tokio::test]
+async fn the_increment_precondition_agrees_with_checked_add() {
+    let server = RedisServer::start();
+    let cases = 200;
+    let (redis, evs) = setup(&server, cases).await;
+    let mut rng = support::Rng::from_env();
+    let near = |rng: &mut support::Rng| -> i64 {
+        let off = rng.range(0, 5000) as i64;
+        match rng.range(0, 4) {
+            0 => i64::MAX - off,
+            1 => i64::MIN + off,
+            2 => off - 2500,
+            _ => (rng.next() as i64) / 2,
+        }
+    };
+    for (i, (entry, env)) in evs.iter().enumerate() {
+        let cur = near(&mut rng);
+        let by = match rng.range(0, 3) {
+            0 => near(&mut rng),
+            1 => rng.range(0, 10_000) as i64 - 5000,
+            _ => (rng.next() as i64) >> rng.range(0, 63),
+        };
+        let key = format!("astra:test:p{i}");
+        redis
+            .cmd("HSET", vec![arg(key.as_str()), arg("v"), arg(cur)])
+            .await
+            .unwrap();
+        let ops = [Op::hincrby(key.as_str(), "v", by)];
+        let r = commit(&redis, &[item(entry, env, 0, true, &ops)]).await;
+        match cur.checked_add(by) {
+            Some(sum) => {
+                assert_eq!(r, vec![RoundOutcome::Applied(vec![])], "{cur} + {by}");
+                assert_eq!(text(&redis, &key, "v").await, Some(sum.to_string()));
+            }
+            None => {
+                assert!(
+                    matches!(&r[0], RoundOutcome::Failed(m) if m.contains("overflow")),
+                    "{cur} + {by}: {r:?}"
+                );
+                assert_eq!(text(&redis, &key, "v").await, Some(cur.to_string()));
+            }
+        }
+    }
 }

@@ -634,16 +634,14 @@ async fn idle_consumers_are_removed_only_when_they_own_nothing() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut group = support::bus::test_group("test.g");
     group.reads = vec![A.into()];
-    let ctx = GroupContext {
-        redis: redis.clone(),
-        group: Arc::new(group),
-        handler: Arc::new(Flaky),
-        consumer: "me".into(),
-        dedup_ttl: Duration::from_secs(60),
-        inflight: Arc::new(tokio::sync::Semaphore::new(10)),
-        metrics: astra_bus::metrics::Metrics::new(),
-        publishes: Default::default(),
-    };
+    let ctx = GroupContext::new(
+        redis.clone(),
+        group,
+        Arc::new(Flaky),
+        "me",
+        Duration::from_secs(60),
+        astra_bus::metrics::Metrics::new(),
+    );
     let removed = astra_bus::bus::reclaim::remove_idle_consumers(&ctx, A, Duration::from_secs(1))
         .await
         .unwrap();

@@ -29,6 +29,7 @@ use support::{DaemonProcess, RedisServer, Rng, TempDir, shipped_config_copy};
 /// Key patterns whose final value depends on processing order (excluded).
 const ORDER_DEPENDENT: &[&str] = &[
     "astra:dedup:",             // bookkeeping
+    "astra:groups:",            // group positions (timing)
     "astra:social:feed:",       // list order
     "astra:analytics:{audit}:", // chain order (verified separately)
     "astra:trading:exposure:",  // pruned relative to the newest trade seen so far

@@ -191,16 +191,14 @@ async fn end_to_end_scenario_runs_as_the_least_privilege_worker() {
             .expect("retention as worker");
     }
     let group = cfg.group("gamification.xp_processing").unwrap();
-    let ctx = std::sync::Arc::new(astra_bus::bus::consume::GroupContext {
-        redis: w.clone(),
-        group: std::sync::Arc::new(group.clone()),
-        handler: reg.build(group).unwrap(),
-        consumer: "acl-check".into(),
-        dedup_ttl: Duration::from_secs(60),
-        inflight: std::sync::Arc::new(tokio::sync::Semaphore::new(group.concurrency)),
-        metrics: astra_bus::metrics::Metrics::new(),
-        publishes: group.publishes.iter().cloned().collect(),
-    });
+    let ctx = std::sync::Arc::new(astra_bus::bus::consume::GroupContext::new(
+        w.clone(),
+        group.clone(),
+        reg.build(group).unwrap(),
+        "acl-check",
+        Duration::from_secs(60),
+        astra_bus::metrics::Metrics::new(),
+    ));
     let (_t, shutdown) = astra_bus::shutdown::Shutdown::new();
     astra_bus::bus::reclaim::reclaim_once(&ctx, streams::TRADE_EXECUTED, &shutdown)
         .await

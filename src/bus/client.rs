@@ -548,7 +548,7 @@ pub fn id_ms(id: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Parses `[[id, [f, v, …]], …]` (XRANGE, XAUTOCLAIM, one stream of XREADGROUP).
+/// Parses `[[id, [f, v, …]], …]` (XRANGE, XCLAIM, one stream of XREADGROUP).
 pub fn parse_entries(v: Value) -> Vec<RawEntry> {
     let mut out = vec![];
     for e in as_array(v).unwrap_or_default() {

@@ -1,259 +1,202 @@
 #!lua
--- astra-bus commit script: one call commits one round of handler effects for a batch of
--- events read by one group from one stream, atomically (single node).
+-- astra-bus commit script (one Redis node): one call commits one handler round for a batch
+-- of entries that one group read from one stream, atomically. See commit.rs for the
+-- encoding side; this file only interprets what the daemon prepared.
 --
--- KEYS: every key touched (source stream first); ops refer to keys by 1-based index.
--- ARGV: group, dedup_ttl_secs, n_events, per_slot (0/1), then per event:
---   dedup_key_idx, event_id, entry_id, round (0-based), final (0/1), n_ops, n_emits,
---   n_ops x [cmd, key_idx, key2_idx (0 = none), n_args, args...],
---   n_emits x [stream_key_idx, n_fields, field, value, ...]
+-- KEYS[1] the stream the entries were read from (acknowledged here)
+-- KEYS[2] the group's progress hash: event id -> rounds applied so far (no TTL; removed
+--         when the event completes)
+-- KEYS[3..5] the group's done markers, newest generation first (event id -> "D"); a
+--         generation is dedup_ttl/2 long and lives 3 generations, so a done event is
+--         remembered for at least dedup_ttl after it completed
+-- KEYS[6..] every key the ops and derived events touch
 --
--- Per event, the dedup marker (HGET dedup_key event_id) holds the MessagePack array of
--- the replies of every round applied so far, or "D" once the final round ran. So:
---   * a round already applied is not applied again: its recorded replies are returned;
---   * an event already completed is only acknowledged (a zombie or a duplicate entry);
---   * before anything is written, every op's key type is checked (Redis does not roll
---     back a script, so we check before we write).
--- per_slot = 1 (Redis Cluster): the call holds one hash slot's share of a round (KEYS[1]
--- is then that slot's marker key, not a stream; no event is final, nothing is published
--- or acknowledged here). A slot need not be touched in every round of an event, so a
--- marker with fewer rounds than `round` is padded with empty rounds instead of refused.
--- Returns per event {status, payload}: 0 applied (payload = msgpack replies), 1 replayed
--- (recorded replies), 2 already completed, 3 failed (payload = reason; nothing of this
--- round was written unless noted), 4 marker missing for a round > 0 (payload = reason),
--- 5 conflict (a hash-chain head moved since the caller read it; nothing written: the
--- caller recomputes the link and tries again).
+-- ARGV[1] group, ARGV[2] consumer, ARGV[3] n (events), ARGV[4] the type every key must
+-- have (one letter per KEYS index: h hash, z zset, s set, t string, l list, x stream,
+-- - unchecked), ARGV[5] TTL of the newest done-marker generation (seconds),
+-- ARGV[6 .. 5+n] event ids, ARGV[6+n .. 5+2n] entry ids, ARGV[6+2n] the word JUSTID, then
+-- one record per event:
+--   record length (this field included), round (0-based), final (0/1), has_chain (0/1),
+--   n_ops, n_emits, n_ops x [cmd, key index, n_args, args...],
+--   n_emits x [stream key index, n_args, field, value, ...]
+-- A CHAINCAS op's args are [log key index, expected head, new head, log entry].
 --
--- CHAINCAS head log expected_prev hash entry: the caller (Rust) computed
--- hash = SHA-256(expected_prev ‖ record) from the head it read; the script appends
--- `entry` and moves the head only if the head still is expected_prev, so concurrent
--- appenders never fork the chain (hashing stays out of Redis: it would cost ~60 µs per
--- 64-byte block in Lua).
+-- Progress values and the shared helpers: commit_common.lua, put in front of this file.
+--
+-- Order of work: every check before the first write. (1) key types, (2) which entries are
+-- still pending in the group (XCLAIM JUSTID: a zombie, or a consumer whose entry was
+-- dead-lettered or finished by another consumer meanwhile, finds it gone and writes
+-- nothing), (3) markers, (4) the value preconditions of every increment of every event
+-- that will run (integer, no i64 overflow), then (5) the writes, event by event, with
+-- pcall so nothing can abort the script half way, (6) markers and one XACK per batch.
+--
+-- Returns {-1, key index, actual type} when a key has the wrong type (nothing written), or
+-- per event a triple {status, payload, extra}: 0 applied (payload: packed replies of a
+-- non-final round), 1 replayed (payload: the stored progress; the daemon takes its round),
+-- 2 already done (acknowledged), 3 failed (payload: reason; nothing of the event written
+-- unless extra = 'partial': then its progress is recorded and a redelivery resumes after
+-- what was applied), 4 progress missing for a round > 0 (payload: reason), 5 hash-chain
+-- conflict (a head moved; nothing written), 6 not pending in the group any more (nothing
+-- written, not acknowledged).
 
--- Key type each command needs ('any' = no check).
-local NEEDS = {
-  HSET = 'hash', HSETNX = 'hash', HINCRBY = 'hash', HGET = 'hash', HMGET = 'hash',
-  HGETALL = 'hash', HDEL = 'hash', HEXISTS = 'hash',
-  ZADD = 'zset', ZINCRBY = 'zset', ZREM = 'zset', ZSCORE = 'zset', ZRANK = 'zset',
-  ZREVRANK = 'zset', ZRANGE = 'zset', ZREVRANGE = 'zset', ZRANGEBYSCORE = 'zset',
-  ZREMRANGEBYSCORE = 'zset', ZREMRANGEBYRANK = 'zset', ZCARD = 'zset', ZCOUNT = 'zset',
-  SADD = 'set', SREM = 'set', SISMEMBER = 'set', SCARD = 'set', SMEMBERS = 'set',
-  GET = 'string', SET = 'string', INCRBY = 'string', DECRBY = 'string',
-  PFADD = 'string', PFCOUNT = 'string',
-  LPUSH = 'list', RPUSH = 'list', LTRIM = 'list', LRANGE = 'list', LLEN = 'list',
-  EXPIRE = 'any', PEXPIRE = 'any', DEL = 'any', EXISTS = 'any',
-  CHAINCAS = 'string',
-}
+local group, consumer = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+local ttl = tonumber(ARGV[5])
+local src, progress_key = KEYS[1], KEYS[2]
 
-local group = ARGV[1]
-local ttl = tonumber(ARGV[2])
-local n_events = tonumber(ARGV[3])
-local per_slot = ARGV[4] == '1'
-local src = KEYS[1]
-local pos = 5
-local results = {}
-local acks = {}
+-- (1) Key types.
+local bad = wrong_type(6, ARGV[4])
+if bad then return bad end
 
-local function next_arg()
-  local v = ARGV[pos]
-  pos = pos + 1
-  return v
-end
-
--- Parse every event first, so markers can be read with one HMGET per bucket.
-local evs = {}
-local ids_by_dkey = {}
-for ev = 1, n_events do
-  local e = {}
-  e.dkey = KEYS[tonumber(next_arg())]
-  e.event_id = next_arg()
-  e.entry_id = next_arg()
-  e.round = tonumber(next_arg())
-  e.final = next_arg() == '1'
-  local n_ops = tonumber(next_arg())
-  local n_emits = tonumber(next_arg())
-  local ops = {}
-  for i = 1, n_ops do
-    local op = { cmd = next_arg(), key = KEYS[tonumber(next_arg())] }
-    local k2 = tonumber(next_arg())
-    if k2 > 0 then op.key2 = KEYS[k2] end
-    local nargs = tonumber(next_arg())
-    local args = {}
-    for j = 1, nargs do args[j] = next_arg() end
-    op.args = args
-    ops[i] = op
+-- (2) Still ours? ARGV[6+2n] is the word JUSTID, so one unpack covers ids and option.
+local ours = {}
+if n <= 1000 then
+  local r = redis.call('XCLAIM', src, group, consumer, 0, unpack(ARGV, 6 + n, 6 + 2 * n))
+  for j = 1, #r do ours[r[j]] = true end
+else
+  for i = 0, n - 1, 1000 do
+    local a = { src, group, consumer, 0 }
+    for k = 6 + n + i, 6 + n + math.min(i + 999, n - 1) do a[#a + 1] = ARGV[k] end
+    a[#a + 1] = 'JUSTID'
+    local r = redis.call('XCLAIM', unpack(a))
+    for j = 1, #r do ours[r[j]] = true end
   end
-  e.ops = ops
-  local emits = {}
-  for i = 1, n_emits do
-    local stream = KEYS[tonumber(next_arg())]
-    local nf = tonumber(next_arg())
-    local fields = {}
-    for j = 1, nf * 2 do fields[j] = next_arg() end
-    emits[i] = { stream = stream, fields = fields }
-  end
-  e.emits = emits
-  evs[ev] = e
-  local ids = ids_by_dkey[e.dkey]
-  if not ids then ids = {}; ids_by_dkey[e.dkey] = ids end
-  ids[#ids + 1] = e.event_id
 end
 
--- Markers: read once per bucket, kept current in `marker` as this call changes them
--- (so a duplicate of an event later in the same batch sees the first one), written
--- back once per bucket at the end.
-local marker = {}
-local dirty = {}
-for dkey, ids in pairs(ids_by_dkey) do
-  local m = {}
-  for i = 1, #ids, 1000 do
-    local vals = redis.call('HMGET', dkey, unpack(ids, i, math.min(i + 999, #ids)))
-    for j = 1, #vals do m[ids[i + j - 1]] = vals[j] end
-  end
-  marker[dkey] = m
-end
-local function set_marker(dkey, id, value)
-  marker[dkey][id] = value
-  local d = dirty[dkey]
-  if not d then d = {}; dirty[dkey] = d end
-  d[id] = value
-end
+-- (3) Markers: newest first.
+local d0, d1, d2 = hmget(KEYS[3], 6, n), hmget(KEYS[4], 6, n), hmget(KEYS[5], 6, n)
+local prog = hmget(progress_key, 6, n)
 
--- Key types seen in this call: a key's type only changes from none to the type the op
--- needs (ops of the wrong type are refused), or back to none by DEL.
-local types = {}
-local function key_type(k)
-  local t = types[k]
-  if not t then
-    t = redis.call('TYPE', k)['ok']
-    types[k] = t
-  end
-  return t
-end
-
-for ev = 1, n_events do
-  local e = evs[ev]
-  local dkey, event_id, entry_id, round, final = e.dkey, e.event_id, e.entry_id, e.round, e.final
-  local ops, emits = e.ops, e.emits
-  local n_ops, n_emits = #ops, #emits
-  local stored = marker[dkey][event_id]
-  if stored == 'D' then
-    results[ev] = { 2, '' }
-    acks[#acks + 1] = entry_id
-  else
-    local rounds = {}
-    if stored then rounds = cmsgpack.unpack(stored) end
-    if per_slot then
-      while #rounds < round do rounds[#rounds + 1] = {} end
+-- (4) One walk over the records: where each starts, the state its event is in, which of
+-- them will run, and the preconditions of those that will. A later copy of an event in
+-- this batch sees what the earlier copy will have done.
+local at, state, runs, refused = {}, {}, {}, {}
+local latest = {}
+local pos = 7 + 2 * n
+for i = 1, n do
+  at[i] = pos
+  local id, entry = ARGV[5 + i], ARGV[5 + n + i]
+  local round = tonumber(ARGV[pos + 1])
+  local v = latest[id]
+  if v == nil then v = d0[i] or d1[i] or d2[i] or prog[i] end
+  state[i] = v
+  local complete, partial = rounds_of(v)
+  if ours[entry] and v ~= 'D' and v ~= 'copy' and complete == round then
+    runs[i] = true
+    latest[id] = 'copy'
+    local skip = 0
+    if partial then
+      local _, rep = split(v)
+      skip = #rep
     end
-    if #rounds > round then
-      results[ev] = { 1, cmsgpack.pack(rounds[round + 1]) }
-      if final then
-        -- Completed by an earlier call whose acknowledgement was lost: mark done.
-        set_marker(dkey, event_id, 'D')
-        acks[#acks + 1] = entry_id
-      end
-    elseif #rounds < round then
-      results[ev] = { 4, 'dedup marker for event ' .. event_id .. ' lost before round ' .. round ..
-        ' (dedup_ttl shorter than processing?)' }
+    refused[i] = refusal(pos + 6, tonumber(ARGV[pos + 4]), skip)
+  end
+  pos = pos + tonumber(ARGV[pos])
+end
+
+-- (5) The writes, event by event.
+local out, acks, done, dels = {}, {}, {}, {}
+local prog_set = {}
+local outcome = {} -- event id -> 'D' (completed here), 'conflict', or why an earlier copy failed
+for i = 1, n do
+  local id, entry = ARGV[5 + i], ARGV[5 + n + i]
+  local p = at[i]
+  local round, final = tonumber(ARGV[p + 1]), ARGV[p + 2] == '1'
+  local has_chain = ARGV[p + 3] == '1'
+  local n_ops, n_emits = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])
+  local v = state[i]
+  local status, payload, extra = 0, '', ''
+  if not ours[entry] then
+    status = 6
+  elseif v == 'D' or outcome[id] == 'D' then
+    status = 2
+    acks[#acks + 1] = entry
+  elseif not runs[i] then
+    if prog_set[id] and rounds_of(prog_set[id]) > round and string.byte(prog_set[id], 2) == 0 then
+      status, payload = 1, prog_set[id]
+    elseif outcome[id] == 'conflict' then
+      status, payload = 5, 'another copy of event ' .. id .. ' in this batch met a moved hash-chain head'
+    elseif outcome[id] then
+      status, payload = 3, 'another copy of event ' .. id .. ' in this batch failed: ' .. outcome[id]
+    elseif v and v ~= 'copy' and rounds_of(v) > round then
+      status, payload = 1, v
     else
-      -- Check before write.
-      local bad = nil
-      local conflict = nil
-      for i = 1, n_ops do
-        local op = ops[i]
-        local need = NEEDS[op.cmd]
-        if need == nil then
-          bad = 'command ' .. op.cmd .. ' is not allowed'
-        elseif need ~= 'any' then
-          local t = key_type(op.key)
-          if t ~= 'none' and t ~= need then
-            bad = op.cmd .. ' needs a ' .. need .. ' at ' .. op.key .. ' but it holds a ' .. t
-          end
-          if op.key2 then
-            local t2 = key_type(op.key2)
-            if t2 ~= 'none' and t2 ~= 'list' then
-              bad = op.cmd .. ' needs a list at ' .. op.key2 .. ' but it holds a ' .. t2
-            end
-          end
-          if op.cmd == 'CHAINCAS' and (redis.call('GET', op.key) or '') ~= op.args[1] then
-            conflict = 'head of ' .. op.key .. ' moved'
-          end
-        end
-        if bad or conflict then break end
-      end
-      if bad then
-        results[ev] = { 3, bad }
-      elseif conflict then
-        results[ev] = { 5, conflict }
-      else
-        local replies = {}
-        local failed = nil
-        for i = 1, n_ops do
-          local op = ops[i]
-          local r
-          if op.cmd == 'CHAINCAS' then
-            redis.call('SET', op.key, op.args[2])
-            local seq = redis.call('RPUSH', op.key2, op.args[3])
-            types[op.key] = 'string'
-            types[op.key2] = 'list'
-            r = { seq, op.args[1], op.args[2] }
-          else
-            r = redis.pcall(op.cmd, op.key, unpack(op.args))
+      status, payload = 4, 'progress of event ' .. id .. ' lost before round ' .. round
+    end
+  elseif refused[i] then
+    status, payload = 3, refused[i]
+    outcome[id] = refused[i]
+  else
+    local complete, _, emitted = rounds_of(v)
+    local body, replies = '', nil
+    if v then body, replies = split(v) end
+    replies = replies or {}
+    local skip = #replies
+    local conflict = has_chain and chain_moved(p + 6, n_ops, skip)
+    if conflict then
+      status, payload = 5, conflict
+      outcome[id] = 'conflict'
+    else
+      local q, failed = apply_ops(p + 6, n_ops, skip, replies)
+      local added = emitted
+      if final and not failed then
+        for e = 1, n_emits do
+          local stream, na = KEYS[tonumber(ARGV[q])], tonumber(ARGV[q + 1])
+          if e > emitted and not failed then
+            local r = redis.pcall('XADD', stream, '*', unpack(ARGV, q + 2, q + 1 + na))
             if type(r) == 'table' and r['err'] then
-              failed = op.cmd .. ' ' .. op.key .. ': ' .. r['err']
-              r = false
-            elseif type(r) == 'table' and r['ok'] then
-              r = r['ok']
-            end
-            local need = NEEDS[op.cmd]
-            if op.cmd == 'DEL' then
-              types[op.key] = nil
-            elseif need ~= 'any' and not failed then
-              types[op.key] = need
+              failed = 'XADD ' .. stream .. ': ' .. r['err']
+            else
+              added = e
             end
           end
-          replies[i] = r
-          if failed then break end
+          q = q + 2 + na
         end
-        if failed then
-          -- Earlier ops of this round may have been written: record the round as done
-          -- so a redelivery never applies them twice; the event is dead-lettered.
-          rounds[#rounds + 1] = replies
-          set_marker(dkey, event_id, cmsgpack.pack(rounds))
-          results[ev] = { 3, failed }
-        else
-          if final then
-            for i = 1, n_emits do
-              redis.call('XADD', emits[i].stream, '*', unpack(emits[i].fields))
-            end
-            set_marker(dkey, event_id, 'D')
-            acks[#acks + 1] = entry_id
-          else
-            rounds[#rounds + 1] = replies
-            set_marker(dkey, event_id, cmsgpack.pack(rounds))
-          end
-          results[ev] = { 0, cmsgpack.pack(replies) }
-        end
+      end
+      if failed then
+        -- What was applied is recorded, so nothing is applied twice: a redelivery, or a
+        -- replay of the dead letter, resumes after it.
+        prog_set[id] = string.char(complete, 1, added) .. body .. cmsgpack.pack(replies)
+        status, payload, extra = 3, failed, 'partial'
+        outcome[id] = failed
+      elseif final then
+        done[#done + 1] = id
+        if v or prog_set[id] then dels[#dels + 1] = id end
+        prog_set[id] = nil
+        outcome[id] = 'D'
+        acks[#acks + 1] = entry
+      else
+        local packed = cmsgpack.pack(replies)
+        prog_set[id] = string.char(complete + 1, 0, 0) .. body .. packed
+        payload = packed
       end
     end
   end
+  out[#out + 1] = status
+  out[#out + 1] = payload
+  out[#out + 1] = extra
 end
 
--- Write the markers back, one HSET per bucket, and keep each bucket alive `ttl`.
-for dkey, d in pairs(dirty) do
-  local args = {}
-  for id, v in pairs(d) do
-    args[#args + 1] = id
-    args[#args + 1] = v
+-- (6) Markers, progress and acknowledgements, batched.
+if #done > 0 then
+  local kv = {}
+  for j = 1, #done do
+    kv[2 * j - 1] = done[j]
+    kv[2 * j] = 'D'
   end
-  for i = 1, #args, 1000 do
-    redis.call('HSET', dkey, unpack(args, i, math.min(i + 999, #args)))
-  end
-  redis.call('EXPIRE', dkey, ttl)
+  hset_list(KEYS[3], kv)
+  redis.call('EXPIRE', KEYS[3], ttl)
 end
--- One XACK per batch (chunked: Lua's unpack has a stack limit).
+local kv = {}
+for id, v in pairs(prog_set) do
+  kv[#kv + 1] = id
+  kv[#kv + 1] = v
+end
+if #kv > 0 then hset_list(progress_key, kv) end
+for i = 1, #dels, 1000 do
+  redis.call('HDEL', progress_key, unpack(dels, i, math.min(i + 999, #dels)))
+end
 for i = 1, #acks, 1000 do
   redis.call('XACK', src, group, unpack(acks, i, math.min(i + 999, #acks)))
 end
-return results
+return out

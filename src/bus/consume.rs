@@ -1,29 +1,42 @@
-//! Consuming: per (group, stream) a reader on its own connection runs XREADGROUP with COUNT
-//! and BLOCK, and hands each batch to [`process_batch`], which decodes the entries, runs the
-//! handler's rounds through the one wrapping layer ([`run_step`]: timing, panic catching),
-//! commits each round for the whole batch in one script call, and dead-letters what can
-//! never succeed. Round trips per batch: one read, one commit per handler round (one for
+//! The hot path: what happens to a batch of entries one group read from one stream.
+//!
+//! [`process_batch`] is a short driver over named steps, read top to bottom:
+//!
+//! 1. [`decode`]: every entry becomes work, or a dead letter (malformed, or delivered more
+//!    than `max_deliveries` times);
+//! 2. [`decide`]: the handler runs one round for every active event, inside the one layer
+//!    every handler call goes through ([`run_step`]: timing, panic catching);
+//! 3. [`commit`]: the round is committed for the whole batch ([`commit_round`]: one script
+//!    call on one node), retrying transient Redis trouble with backoff;
+//! 4. [`Batch::apply`]: per event, the outcome: done, another round, a duplicate, not ours
+//!    any more, failed, or a hash-chain race to run again;
+//! 5. [`Batch::dead_letter`]: what can never succeed goes to the dead-letter stream (and
+//!    only then is acknowledged).
+//!
+//! Round trips per batch: one read (by the reader), one commit per handler round (one for
 //! most handlers), plus one dead-letter call when there is something to dead-letter.
+//!
+//! Entries that were delivered before (a crash, a reclaim, a restart) are processed one at
+//! a time after the fresh ones: if one of them kills the process, only its own delivery
+//! count grows, it reaches `max_deliveries` and is dead-lettered without running again,
+//! and its batch neighbours are not dragged along.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
-use super::client::{BusError, Fields, RawEntry, Redis, arg, parse_read_reply};
-use super::commit::{RoundItem, RoundOutcome, commit_round};
-use super::deadletter::{DeadLetter, Reason, dead_letter};
-use super::declare::declare_group_at;
+use super::client::{BusError, Fields, RawEntry, Redis, arg, as_array, as_int, as_string};
+use super::commit::{RoundItem, RoundOutcome, Target, commit_round};
+use super::deadletter::{DeadLetter, Reason, dead_letter, unpack_dead_letter};
 use crate::config::{GroupConfig, parse_stream_name};
 use crate::envelope::{Envelope, now_ms};
 use crate::handlers::{Event, Handler, HandlerError, MAX_ROUNDS, Op, Reply, Step};
 use crate::metrics::{DeadLetterLabels, GroupLabel, Metrics};
 use crate::shutdown::Shutdown;
-use crate::watchdog::Heartbeat;
 
 /// Everything a group's readers share.
 pub struct GroupContext {
@@ -35,7 +48,7 @@ pub struct GroupContext {
     pub handler: Arc<dyn Handler>,
     /// This daemon's consumer name in the group.
     pub consumer: String,
-    /// How long event ids are remembered.
+    /// How long completed event ids are remembered (at least).
     pub dedup_ttl: Duration,
     /// In-flight events of the group (read, not yet committed), bounded by `concurrency`.
     pub inflight: Arc<Semaphore>,
@@ -43,6 +56,101 @@ pub struct GroupContext {
     pub metrics: Arc<Metrics>,
     /// Streams the handler may publish to.
     pub publishes: HashSet<String>,
+    /// Entries this process holds right now (`<stream> <entry id>`): read and not yet
+    /// finished by a reader, or being redelivered. The reclaimer and the start-up recovery
+    /// skip them, so this process never works on one entry twice at once (which would also
+    /// count a second delivery against `max_deliveries`).
+    pub held: Arc<std::sync::Mutex<HashSet<String>>>,
+}
+
+/// Entries held by this process while they are processed; released on drop.
+pub struct Hold {
+    held: Arc<std::sync::Mutex<HashSet<String>>>,
+    keys: Vec<String>,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().expect("held lock");
+        for k in &self.keys {
+            held.remove(k);
+        }
+    }
+}
+
+impl GroupContext {
+    /// Takes hold of those of `ids` (entries of `stream`) not held already; returns the
+    /// hold (released on drop) and which ids it took, in order.
+    pub fn hold<I: IntoIterator<Item = String>>(
+        &self,
+        stream: &str,
+        ids: I,
+    ) -> (Hold, Vec<String>) {
+        let mut held = self.held.lock().expect("held lock");
+        let mut keys = vec![];
+        let mut taken = vec![];
+        for id in ids {
+            let k = format!("{stream} {id}");
+            if held.insert(k.clone()) {
+                keys.push(k);
+                taken.push(id);
+            }
+        }
+        (
+            Hold {
+                held: self.held.clone(),
+                keys,
+            },
+            taken,
+        )
+    }
+
+    /// A context for `group` with its in-flight bound and publish list from the config.
+    pub fn new(
+        redis: Redis,
+        group: GroupConfig,
+        handler: Arc<dyn Handler>,
+        consumer: &str,
+        dedup_ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> GroupContext {
+        GroupContext {
+            redis,
+            inflight: Arc::new(Semaphore::new(group.concurrency)),
+            publishes: group.publishes.iter().cloned().collect(),
+            group: Arc::new(group),
+            handler,
+            consumer: consumer.to_string(),
+            dedup_ttl,
+            metrics,
+            held: Default::default(),
+        }
+    }
+
+    /// The group's replay stream: dead letters an operator replays come back to this group
+    /// alone through it (siblings that applied the event never see it again).
+    pub fn replay_stream(&self) -> String {
+        replay_stream(&self.group.name)
+    }
+
+    fn target<'a>(&'a self, stream: &'a str) -> Target<'a> {
+        Target {
+            group: &self.group.name,
+            stream,
+            consumer: &self.consumer,
+            dedup_ttl: self.dedup_ttl,
+        }
+    }
+}
+
+/// The replay stream of `group` (`astra:replay:<group>`), read only by that group.
+pub fn replay_stream(group: &str) -> String {
+    format!("astra:replay:{group}")
+}
+
+/// True when `stream` is a group's replay stream.
+pub fn is_replay_stream(stream: &str) -> bool {
+    stream.starts_with("astra:replay:")
 }
 
 /// Exponential backoff used for Redis trouble: 50 ms doubling to 5 s, with jitter.
@@ -74,6 +182,19 @@ pub struct BatchReport {
     pub dead_lettered: usize,
     /// Entries left pending for a later retry.
     pub left_pending: usize,
+    /// Entries another consumer finished or dead-lettered while this one held them
+    /// (nothing written for them here).
+    pub not_ours: usize,
+}
+
+impl std::ops::AddAssign for BatchReport {
+    fn add_assign(&mut self, o: BatchReport) {
+        self.committed += o.committed;
+        self.duplicates += o.duplicates;
+        self.dead_lettered += o.dead_lettered;
+        self.left_pending += o.left_pending;
+        self.not_ours += o.not_ours;
+    }
 }
 
 /// Runs one handler step inside the layer every handler call goes through: it catches a
@@ -120,8 +241,104 @@ pub fn decode_entry(stream: &str, fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Envel
     Ok(env)
 }
 
+/// This consumer's pending entries of `group` on `stream` after `after` (exclusive; `-`
+/// for the start), at most `count`, with Redis's delivery count of each.
+pub async fn own_pending(
+    ctx: &GroupContext,
+    stream: &str,
+    after: &str,
+    count: usize,
+) -> Result<Vec<(String, u64)>, BusError> {
+    let start = if after == "-" {
+        "-".to_string()
+    } else {
+        format!("({after}")
+    };
+    let v = ctx
+        .redis
+        .cmd(
+            "XPENDING",
+            vec![
+                arg(stream),
+                arg(ctx.group.name.as_str()),
+                arg(start),
+                arg("+"),
+                arg(count as i64),
+                arg(ctx.consumer.as_str()),
+            ],
+        )
+        .await?;
+    Ok(as_array(v)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|row| {
+            let cols = as_array(row)?;
+            Some((
+                cols.first().and_then(as_string)?,
+                cols.get(3).and_then(as_int).unwrap_or(1).max(0) as u64,
+            ))
+        })
+        .collect())
+}
+
+/// What [`redeliver`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RedeliverReport {
+    /// What processing them did.
+    pub processed: BatchReport,
+    /// Entries that were gone when claimed again (deleted from the stream while pending,
+    /// or finished by another consumer meanwhile).
+    pub gone: usize,
+}
+
+/// Processes entries of `stream` this consumer already owns but that were delivered before
+/// (left pending by a crash or a restart, or just reclaimed from another consumer), given
+/// as (entry id, delivery count). One at a time, each claimed again first: XCLAIM counts
+/// the delivery and returns the body, so only an attempt that really happens is counted.
+/// An entry that kills the process therefore reaches `max_deliveries` after that many
+/// attempts and is dead-lettered without running again, while the entries queued behind
+/// it are not counted at all. The caller holds the entries ([`GroupContext::hold`]).
+pub async fn redeliver(
+    ctx: &GroupContext,
+    stream: &str,
+    entries: &[(String, u64)],
+    shutdown: &Shutdown,
+) -> Result<RedeliverReport, BusError> {
+    let mut report = RedeliverReport::default();
+    for (id, count) in entries {
+        if shutdown.is_shutdown() {
+            break;
+        }
+        let v = ctx
+            .redis
+            .cmd(
+                "XCLAIM",
+                vec![
+                    arg(stream),
+                    arg(ctx.group.name.as_str()),
+                    arg(ctx.consumer.as_str()),
+                    arg(0),
+                    arg(id.as_str()),
+                ],
+            )
+            .await?;
+        let claimed = super::client::parse_entries(v);
+        let Some(entry) = claimed.into_iter().next() else {
+            report.gone += 1;
+            continue;
+        };
+        let deliveries = HashMap::from([(id.clone(), count + 1)]);
+        report.processed += process_batch(ctx, stream, vec![entry], &deliveries, shutdown).await;
+    }
+    Ok(report)
+}
+
+/// One event being handled.
 struct Work {
     ev: Event,
+    /// The entry's fields as read, kept for its dead letter.
+    fields: Fields,
+    attempts: u64,
     rounds: Vec<Vec<Reply>>,
     handler_time: Duration,
     /// Times this event's round lost a hash-chain race and was committed again.
@@ -131,525 +348,435 @@ struct Work {
 /// A round that keeps losing hash-chain races this often is left pending (reclaimed later).
 const MAX_CHAIN_CONFLICTS: u32 = 100;
 
-/// Processes entries of `stream` for the group: decode, handle, commit, dead-letter.
-///
-/// `deliveries` gives Redis's delivery count per entry when known (reclaimed entries);
-/// entries over `max_deliveries` are dead-lettered without being handled again.
-/// Transient failures (Redis trouble, `HandlerError::Retry`) are retried with backoff a
-/// few times; what still fails stays pending, to be reclaimed later. Never loses an entry:
-/// each one ends committed, dead-lettered, or pending.
+/// Transient trouble (Redis, `HandlerError::Retry`) is retried this many times within a
+/// batch; what still fails stays pending for the reclaimer.
+const RETRY_BUDGET: u32 = 3;
+
+/// Processes entries that `ctx`'s group read from `from` (one of its streams, or its replay
+/// stream): decode, handle, commit, dead-letter. `deliveries` gives Redis's delivery count
+/// per entry where known; entries over `max_deliveries` are dead-lettered without being
+/// handled again. Never loses an entry: each one ends committed, dead-lettered, pending,
+/// or found to be someone else's.
 pub async fn process_batch(
     ctx: &GroupContext,
-    stream: &str,
+    from: &str,
     entries: Vec<RawEntry>,
     deliveries: &HashMap<String, u64>,
     shutdown: &Shutdown,
 ) -> BatchReport {
-    let g = &ctx.group;
-    let m = &ctx.metrics;
-    let labels = Metrics::sg(stream, &g.name);
+    let (fresh, again): (Vec<RawEntry>, Vec<RawEntry>) = entries
+        .into_iter()
+        .partition(|e| deliveries.get(&e.id).copied().unwrap_or(1) < 2);
     let mut report = BatchReport::default();
-    let mut dead: Vec<DeadLetter> = vec![];
-    let mut work: Vec<Work> = vec![];
-    let mut raw_fields: HashMap<String, Fields> = HashMap::new();
-    m.consumed
+    if !fresh.is_empty() {
+        report += run_batch(ctx, from, fresh, deliveries, shutdown).await;
+    }
+    // Delivered before: one at a time, so an entry that kills the process takes only its
+    // own delivery count up.
+    for e in again {
+        report += run_batch(ctx, from, vec![e], deliveries, shutdown).await;
+    }
+    report
+}
+
+async fn run_batch(
+    ctx: &GroupContext,
+    from: &str,
+    entries: Vec<RawEntry>,
+    deliveries: &HashMap<String, u64>,
+    shutdown: &Shutdown,
+) -> BatchReport {
+    let mut batch = decode(ctx, from, entries, deliveries);
+    let mut backoff = redis_backoff();
+    let mut sd = shutdown.clone();
+    let mut retry_budget = RETRY_BUDGET;
+    while !batch.active.is_empty() {
+        let (steps, retry_later) = decide(ctx, &mut batch);
+        match commit(ctx, from, &batch, &steps, shutdown).await {
+            Ok(outcomes) => batch.apply(ctx, &steps, outcomes),
+            Err(left) => {
+                batch.report.left_pending += left;
+                batch.active.clear();
+                return batch.report;
+            }
+        }
+        if !retry_later.is_empty() {
+            if retry_budget > 0 && !shutdown.is_shutdown() {
+                retry_budget -= 1;
+                ctx.metrics
+                    .retried
+                    .get_or_create(&batch.labels)
+                    .inc_by(retry_later.len() as u64);
+                let d = backoff.next().unwrap_or(Duration::from_secs(1));
+                sleep_or_shutdown(d, &mut sd).await;
+                // Those events start again from their current round.
+                batch.active.extend(retry_later);
+            } else {
+                // Left pending: the reclaimer redelivers them after claim_idle, and Redis's
+                // delivery count sends them to the dead letters eventually.
+                batch.report.left_pending += retry_later.len();
+            }
+        }
+    }
+    batch.dead_letter(ctx, from, shutdown).await;
+    batch.report
+}
+
+/// A batch in progress.
+struct Batch {
+    labels: crate::metrics::StreamGroup,
+    active: Vec<Work>,
+    dead: Vec<DeadLetter>,
+    report: BatchReport,
+    chain_gave_up: usize,
+}
+
+/// Step 1: entries → work or dead letters. Entries of the replay stream carry the stream
+/// they were first read from and the fields they had there.
+fn decode(
+    ctx: &GroupContext,
+    from: &str,
+    entries: Vec<RawEntry>,
+    deliveries: &HashMap<String, u64>,
+) -> Batch {
+    let g = &ctx.group;
+    let labels = Metrics::sg(from, &g.name);
+    ctx.metrics
+        .consumed
         .get_or_create(&labels)
         .inc_by(entries.len() as u64);
+    let mut batch = Batch {
+        labels,
+        active: vec![],
+        dead: vec![],
+        report: BatchReport::default(),
+        chain_gave_up: 0,
+    };
+    let replay = is_replay_stream(from);
     for e in entries {
         let attempts = deliveries.get(&e.id).copied().unwrap_or(1);
-        let Some(fields) = e.fields else {
-            // Body trimmed while pending: nothing left to process or to dead-letter.
-            continue;
+        // Body trimmed while pending: nothing left to process or to dead-letter (the
+        // reader and the reclaimer count these as lost).
+        let Some(raw) = e.fields else { continue };
+        let (stream, fields) = if replay {
+            let (meta, original) = unpack_dead_letter(raw);
+            let stream = meta
+                .iter()
+                .find(|(k, _)| k == "stream")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            (stream, original)
+        } else {
+            (from.to_string(), raw)
+        };
+        let dead = |reason, error| DeadLetter {
+            entry_id: e.id.clone(),
+            stream: stream.clone(),
+            fields: fields.clone(),
+            reason,
+            error,
+            attempts,
         };
         if attempts > u64::from(g.max_deliveries) {
-            dead.push(DeadLetter {
-                entry_id: e.id.clone(),
-                fields,
-                reason: Reason::MaxDeliveries,
-                error: format!(
+            batch.dead.push(dead(
+                Reason::MaxDeliveries,
+                format!(
                     "delivered {attempts} times, max_deliveries is {}",
                     g.max_deliveries
                 ),
-                attempts,
-            });
+            ));
             continue;
         }
-        match decode_entry(stream, &fields) {
-            Ok(env) => {
-                raw_fields.insert(e.id.clone(), fields);
-                work.push(Work {
-                    ev: Event {
-                        stream: stream.to_string(),
-                        entry_id: e.id,
-                        env,
-                    },
-                    rounds: vec![],
-                    handler_time: Duration::ZERO,
-                    conflicts: 0,
-                });
-            }
-            Err(reason) => dead.push(DeadLetter {
-                entry_id: e.id,
+        if replay && !g.reads.contains(&stream) {
+            batch.dead.push(dead(
+                Reason::Malformed,
+                format!(
+                    "replayed from stream {stream:?}, which group {} does not read",
+                    g.name
+                ),
+            ));
+            continue;
+        }
+        match decode_entry(&stream, &fields) {
+            Ok(env) => batch.active.push(Work {
+                ev: Event {
+                    stream,
+                    entry_id: e.id,
+                    env,
+                },
                 fields,
-                reason: Reason::Malformed,
-                error: reason,
                 attempts,
+                rounds: vec![],
+                handler_time: Duration::ZERO,
+                conflicts: 0,
             }),
+            Err(reason) => batch.dead.push(dead(Reason::Malformed, reason)),
         }
     }
+    batch
+}
 
+/// Step 2: one handler round for every active event. Returns the steps (in the order of
+/// `batch.active`, which keeps only the events that have a step) and the events the
+/// handler wants retried later.
+fn decide(ctx: &GroupContext, batch: &mut Batch) -> (Vec<Step>, Vec<Work>) {
+    let mut steps = vec![];
+    let mut keep = vec![];
+    let mut retry_later = vec![];
+    for mut w in batch.active.drain(..) {
+        let (r, took) = run_step(ctx.handler.as_ref(), &w.ev, &w.rounds);
+        w.handler_time += took;
+        match r.and_then(|s| check_step(ctx, s)) {
+            Ok(step) => {
+                steps.push(step);
+                keep.push(w);
+            }
+            Err(HandlerError::Poison(reason)) => {
+                batch.dead.push(w.into_dead(Reason::Poison, reason))
+            }
+            Err(HandlerError::Retry(reason)) => {
+                tracing::debug!(group = %ctx.group.name, stream = %w.ev.stream, entry = %w.ev.entry_id, cid = %w.ev.env.cid, %reason, "handler asked to retry");
+                retry_later.push(w);
+            }
+        }
+    }
+    batch.active = keep;
+    (steps, retry_later)
+}
+
+/// A handler may only publish to the streams its group declares.
+fn check_step(ctx: &GroupContext, step: Step) -> Result<Step, HandlerError> {
+    if let Step::Done { emit, .. } = &step {
+        for e in emit {
+            if !ctx.publishes.contains(&e.stream) {
+                return Err(HandlerError::Poison(format!(
+                    "handler emitted to {} which group {} does not list in `publishes`",
+                    e.stream, ctx.group.name
+                )));
+            }
+        }
+    }
+    Ok(step)
+}
+
+/// Step 3: commits the round for the whole batch, retrying transient trouble with backoff.
+/// `Err(n)`: gave up; the `n` events stay pending (redelivered later).
+async fn commit(
+    ctx: &GroupContext,
+    from: &str,
+    batch: &Batch,
+    steps: &[Step],
+    shutdown: &Shutdown,
+) -> Result<Vec<RoundOutcome>, usize> {
+    if steps.is_empty() {
+        return Ok(vec![]);
+    }
+    let g = &ctx.group;
+    let items: Vec<RoundItem> = batch
+        .active
+        .iter()
+        .zip(steps)
+        .map(|(w, step)| round_item(&g.name, w, step))
+        .collect();
+    ctx.metrics
+        .commit_batch_size
+        .get_or_create(&GroupLabel {
+            group: g.name.clone(),
+        })
+        .observe(items.len() as f64);
     let mut backoff = redis_backoff();
     let mut sd = shutdown.clone();
-    let mut retry_budget = 3u32;
-    let mut chain_gave_up = 0usize;
-    let mut active = work;
-    while !active.is_empty() {
-        // One round for every active event.
-        let mut steps: Vec<(usize, Step)> = vec![];
-        let mut retry_later: Vec<Work> = vec![];
-        let mut keep: Vec<Work> = vec![];
-        for w in active.drain(..) {
-            let (r, took) = run_step(ctx.handler.as_ref(), &w.ev, &w.rounds);
-            let mut w = w;
-            w.handler_time += took;
-            match r {
-                Ok(step) => {
-                    if let Err(reason) = check_step(ctx, &step, w.rounds.len()) {
-                        dead.push(dl(&w, &mut raw_fields, deliveries, Reason::Poison, reason));
-                    } else {
-                        steps.push((keep.len(), step));
-                        keep.push(w);
-                    }
-                }
-                Err(HandlerError::Poison(reason)) => {
-                    dead.push(dl(&w, &mut raw_fields, deliveries, Reason::Poison, reason));
-                }
-                Err(HandlerError::Retry(reason)) => {
-                    tracing::debug!(group = %g.name, stream, entry = %w.ev.entry_id, cid = %w.ev.env.cid, %reason, "handler asked to retry");
-                    retry_later.push(w);
-                }
+    loop {
+        match commit_round(&ctx.redis, ctx.target(from), &items).await {
+            Ok(o) => return Ok(o),
+            Err(BusError::NoGroup(msg)) => {
+                // The group vanished: the reader re-creates it where it was, and these
+                // entries come again from there.
+                tracing::warn!(group = %g.name, stream = from, %msg, "commit hit NOGROUP; the reader re-creates the group");
+                return Err(items.len());
+            }
+            Err(e) if e.is_transient() && !shutdown.is_shutdown() => {
+                let d = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(group = %g.name, stream = from, error = %e, "commit failed, retrying in {d:?}");
+                sleep_or_shutdown(d, &mut sd).await;
+            }
+            Err(e) => {
+                tracing::error!(group = %g.name, stream = from, error = %e, "commit failed; entries stay pending");
+                ctx.metrics
+                    .retried
+                    .get_or_create(&batch.labels)
+                    .inc_by(items.len() as u64);
+                return Err(items.len());
             }
         }
-        // Build the script call for this round.
-        let mut items: Vec<RoundItem> = Vec::with_capacity(steps.len());
-        for (i, step) in &steps {
-            let w = &keep[*i];
-            let (ops, is_final, emits): (&[Op], bool, Vec<(String, Envelope)>) = match step {
-                Step::More(ops) => (ops, false, vec![]),
-                Step::Done { ops, emit } => (
-                    ops,
-                    true,
-                    emit.iter()
-                        .enumerate()
-                        .map(|(n, e)| {
-                            (
-                                e.stream.clone(),
-                                w.ev.env.derive(
-                                    &g.name,
-                                    n as u32,
-                                    &e.event_type,
-                                    e.v,
-                                    e.data.clone(),
-                                ),
-                            )
-                        })
-                        .collect(),
-                ),
-            };
-            items.push(RoundItem {
-                event_id: &w.ev.env.id,
-                event_ts: w.ev.env.ts,
-                entry_id: &w.ev.entry_id,
-                round: w.rounds.len(),
-                is_final,
-                ops,
-                emits,
-            });
-        }
-        let outcomes = if items.is_empty() {
-            vec![]
-        } else {
-            m.commit_batch_size
-                .get_or_create(&GroupLabel {
-                    group: g.name.clone(),
+    }
+}
+
+/// The commit's view of one event's step. Derived events get their deterministic ids here.
+fn round_item<'a>(group: &str, w: &'a Work, step: &'a Step) -> RoundItem<'a> {
+    let (ops, is_final, emits): (&[Op], bool, Vec<(String, Envelope)>) = match step {
+        Step::More(ops) => (ops, false, vec![]),
+        Step::Done { ops, emit } => (
+            ops,
+            true,
+            emit.iter()
+                .enumerate()
+                .map(|(n, e)| {
+                    (
+                        e.stream.clone(),
+                        w.ev.env
+                            .derive(group, n as u32, &e.event_type, e.v, e.data.clone()),
+                    )
                 })
-                .observe(items.len() as f64);
-            loop {
-                match commit_round(&ctx.redis, &g.name, stream, ctx.dedup_ttl.as_secs(), &items)
-                    .await
-                {
-                    Ok(o) => break o,
-                    Err(BusError::NoGroup(msg)) => {
-                        // The group vanished (Redis restarted without persistence): the
-                        // reader re-creates it; these entries are gone with the old group.
-                        tracing::warn!(group = %g.name, stream, %msg, "commit hit NOGROUP; the reader re-creates the group");
-                        report.left_pending += items.len();
-                        return report;
-                    }
-                    Err(e) if e.is_transient() && !shutdown.is_shutdown() => {
-                        let d = backoff.next().unwrap_or(Duration::from_secs(5));
-                        tracing::warn!(group = %g.name, stream, error = %e, "commit failed, retrying in {d:?}");
-                        sleep_or_shutdown(d, &mut sd).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(group = %g.name, stream, error = %e, "commit failed; entries stay pending");
-                        m.retried.get_or_create(&labels).inc_by(items.len() as u64);
-                        report.left_pending += items.len();
-                        return report;
-                    }
-                }
-            }
+                .collect(),
+        ),
+    };
+    RoundItem {
+        event_id: &w.ev.env.id,
+        entry_id: &w.ev.entry_id,
+        round: w.rounds.len(),
+        is_final,
+        ops,
+        emits,
+    }
+}
+
+impl Work {
+    fn into_dead(self, reason: Reason, error: String) -> DeadLetter {
+        DeadLetter {
+            entry_id: self.ev.entry_id,
+            stream: self.ev.stream,
+            fields: self.fields,
+            reason,
+            error,
+            attempts: self.attempts,
+        }
+    }
+}
+
+impl Batch {
+    /// Step 4: what each event's outcome means.
+    fn apply(&mut self, ctx: &GroupContext, steps: &[Step], outcomes: Vec<RoundOutcome>) {
+        let g = &ctx.group;
+        let m = &ctx.metrics;
+        let gl = GroupLabel {
+            group: g.name.clone(),
         };
-        drop(items);
-        // Apply outcomes.
-        let mut next: Vec<Work> = vec![];
-        let finals: Vec<bool> = steps
-            .iter()
-            .map(|(_, s)| matches!(s, Step::Done { .. }))
-            .collect();
-        for (((w, outcome), is_final), (_, step)) in
-            keep.into_iter().zip(outcomes).zip(finals).zip(&steps)
-        {
-            if let (RoundOutcome::Applied(_), Step::Done { emit, .. }) = (&outcome, step) {
-                for e in emit {
-                    m.published
-                        .get_or_create(&crate::metrics::StreamLabel {
-                            stream: e.stream.clone(),
-                        })
-                        .inc();
-                }
-            }
+        let mut next = vec![];
+        for ((mut w, outcome), step) in self.active.drain(..).zip(outcomes).zip(steps) {
+            let is_final = matches!(step, Step::Done { .. });
             match outcome {
                 RoundOutcome::Applied(replies) | RoundOutcome::Replayed(replies) => {
                     if is_final {
-                        report.committed += 1;
-                        m.acked.get_or_create(&labels).inc();
-                        let gl = GroupLabel {
-                            group: g.name.clone(),
-                        };
+                        if let Step::Done { emit, .. } = step {
+                            for e in emit {
+                                m.published_to(&e.stream);
+                            }
+                        }
+                        self.report.committed += 1;
+                        m.acked.get_or_create(&self.labels).inc();
                         m.handler_seconds
                             .get_or_create(&gl)
                             .observe(w.handler_time.as_secs_f64());
                         let e2e = (now_ms() - w.ev.env.ts).max(0) as f64 / 1000.0;
                         m.end_to_end_seconds.get_or_create(&gl).observe(e2e);
                     } else {
-                        let mut w = w;
                         w.rounds.push(replies);
                         if w.rounds.len() >= MAX_ROUNDS {
                             let reason = format!("handler needed more than {MAX_ROUNDS} rounds");
-                            dead.push(dl(&w, &mut raw_fields, deliveries, Reason::Poison, reason));
+                            self.dead.push(w.into_dead(Reason::Poison, reason));
                         } else {
                             next.push(w);
                         }
                     }
                 }
                 RoundOutcome::AlreadyDone => {
-                    report.duplicates += 1;
-                    m.duplicates.get_or_create(&labels).inc();
+                    self.report.duplicates += 1;
+                    m.duplicates.get_or_create(&self.labels).inc();
+                }
+                RoundOutcome::NotOurs => {
+                    tracing::debug!(group = %g.name, stream = %w.ev.stream, entry = %w.ev.entry_id, "entry no longer pending for us (finished or dead-lettered elsewhere)");
+                    self.report.not_ours += 1;
                 }
                 RoundOutcome::Failed(reason) => {
-                    dead.push(dl(&w, &mut raw_fields, deliveries, Reason::Failed, reason));
+                    self.dead.push(w.into_dead(Reason::Failed, reason));
                 }
                 RoundOutcome::Conflict => {
                     // Another appender moved a chain head: redo this round (nothing was
                     // written), deciding again from the same recorded replies.
-                    let mut w = w;
                     w.conflicts += 1;
-                    m.chain_conflicts.get_or_create(&labels).inc();
+                    m.chain_conflicts.get_or_create(&self.labels).inc();
                     if w.conflicts > MAX_CHAIN_CONFLICTS {
-                        tracing::debug!(group = %g.name, stream, entry = %w.ev.entry_id, cid = %w.ev.env.cid, "hash-chain contention: entry left pending");
-                        chain_gave_up += 1;
-                        report.left_pending += 1;
+                        self.chain_gave_up += 1;
+                        self.report.left_pending += 1;
                     } else {
                         next.push(w);
                     }
                 }
             }
         }
-        active = next;
-        if !retry_later.is_empty() {
-            if retry_budget > 0 && !shutdown.is_shutdown() {
-                retry_budget -= 1;
-                m.retried
-                    .get_or_create(&labels)
-                    .inc_by(retry_later.len() as u64);
-                let d = backoff.next().unwrap_or(Duration::from_secs(1));
-                sleep_or_shutdown(d, &mut sd).await;
-                // Restart those events from their current round.
-                active.extend(retry_later);
-            } else {
-                // Leave them pending: reclaim redelivers them after claim_idle, and
-                // Redis's delivery count sends them to dead letters eventually.
-                report.left_pending += retry_later.len();
-            }
-        }
+        self.active = next;
     }
 
-    if chain_gave_up > 0 {
-        tracing::warn!(group = %g.name, stream, count = chain_gave_up, "hash-chain contention: entries left pending");
-    }
-    if !dead.is_empty() {
+    /// Step 5: moves what can never succeed to the dead-letter stream, acknowledging each
+    /// entry only once its dead letter is stored.
+    async fn dead_letter(&mut self, ctx: &GroupContext, from: &str, shutdown: &Shutdown) {
+        let g = &ctx.group;
+        if self.chain_gave_up > 0 {
+            tracing::warn!(group = %g.name, stream = from, count = self.chain_gave_up, "hash-chain contention: entries left pending");
+        }
+        if self.dead.is_empty() {
+            return;
+        }
         let mut backoff = redis_backoff();
+        let mut sd = shutdown.clone();
         loop {
-            match dead_letter(&ctx.redis, &g.name, stream, &g.dead_letter_stream, &dead).await {
+            match dead_letter(&ctx.redis, &g.name, from, &g.dead_letter_stream, &self.dead).await {
                 Ok(n) => {
-                    report.dead_lettered += n;
-                    // Each entry at debug; one warning per batch and reason, so a flood of
-                    // bad input cannot flood the log.
-                    let mut by_reason: std::collections::BTreeMap<&str, (usize, &str)> =
-                        Default::default();
-                    for d in &dead {
-                        let cid = d
-                            .fields
-                            .iter()
-                            .find(|(k, _)| k == b"cid")
-                            .map(|(_, v)| String::from_utf8_lossy(v));
-                        tracing::debug!(group = %g.name, stream, entry = %d.entry_id, cid = cid.as_deref(), reason = d.reason.as_str(), error = %d.error, "dead-lettered");
-                        by_reason
-                            .entry(d.reason.as_str())
-                            .or_insert((0, &d.error))
-                            .0 += 1;
-                        m.dead_lettered
-                            .get_or_create(&DeadLetterLabels {
-                                stream: stream.to_string(),
-                                group: g.name.clone(),
-                                reason: d.reason.as_str().to_string(),
-                            })
-                            .inc();
-                    }
-                    for (reason, (count, first_error)) in by_reason {
-                        tracing::warn!(group = %g.name, stream, reason, count, first_error, "entries dead-lettered");
-                    }
-                    break;
+                    self.report.dead_lettered += n;
+                    self.log_dead_letters(ctx);
+                    return;
                 }
                 Err(e) if e.is_transient() && !shutdown.is_shutdown() => {
                     let d = backoff.next().unwrap_or(Duration::from_secs(5));
                     sleep_or_shutdown(d, &mut sd).await;
                 }
                 Err(e) => {
-                    tracing::error!(group = %g.name, stream, error = %e, "dead-lettering failed; entries stay pending");
-                    report.left_pending += dead.len();
-                    break;
-                }
-            }
-        }
-    }
-    report
-}
-
-fn dl(
-    w: &Work,
-    raw: &mut HashMap<String, Fields>,
-    deliveries: &HashMap<String, u64>,
-    reason: Reason,
-    error: String,
-) -> DeadLetter {
-    DeadLetter {
-        entry_id: w.ev.entry_id.clone(),
-        fields: raw.remove(&w.ev.entry_id).unwrap_or_default(),
-        reason,
-        error,
-        attempts: deliveries.get(&w.ev.entry_id).copied().unwrap_or(1),
-    }
-}
-
-/// A handler may only publish to the streams its group declares.
-fn check_step(ctx: &GroupContext, step: &Step, _round: usize) -> Result<(), String> {
-    if let Step::Done { emit, .. } = step {
-        for e in emit {
-            if !ctx.publishes.contains(&e.stream) {
-                return Err(format!(
-                    "handler emitted to {} which group {} does not list in `publishes`",
-                    e.stream, ctx.group.name
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Reads this consumer's own pending entries on `stream` (left by a previous run of this
-/// instance) and processes them before reading new ones.
-async fn recover_own_pending(
-    ctx: &Arc<GroupContext>,
-    conn: &Redis,
-    stream: &str,
-    shutdown: &Shutdown,
-    beat: &Heartbeat,
-) -> Result<(), BusError> {
-    let g = &ctx.group;
-    let mut after = "0-0".to_string();
-    loop {
-        beat.beat();
-        let v = conn
-            .cmd(
-                "XREADGROUP",
-                vec![
-                    arg("GROUP"),
-                    arg(g.name.as_str()),
-                    arg(ctx.consumer.as_str()),
-                    arg("COUNT"),
-                    arg(g.batch_size as i64),
-                    arg("STREAMS"),
-                    arg(stream),
-                    arg(after.as_str()),
-                ],
-            )
-            .await?;
-        let entries: Vec<RawEntry> = parse_read_reply(v)
-            .into_iter()
-            .flat_map(|(_, e)| e)
-            .collect();
-        if entries.is_empty() || shutdown.is_shutdown() {
-            return Ok(());
-        }
-        after = entries.last().map(|e| e.id.clone()).unwrap_or(after);
-        let gone: Vec<&RawEntry> = entries.iter().filter(|e| e.fields.is_none()).collect();
-        if !gone.is_empty() {
-            // Pending entries whose body was trimmed away: acknowledge, count as lost.
-            ctx.metrics
-                .lost
-                .get_or_create(&Metrics::sg(stream, &g.name))
-                .inc_by(gone.len() as u64);
-            tracing::error!(group = %g.name, stream, count = gone.len(), "pending entries were trimmed before processing: lost");
-            let mut args = vec![arg(stream), arg(g.name.as_str())];
-            args.extend(gone.iter().map(|e| arg(e.id.as_str())));
-            ctx.redis.cmd("XACK", args).await?;
-        }
-        process_batch(ctx, stream, entries, &HashMap::new(), shutdown).await;
-    }
-}
-
-/// The reader of one (group, stream): runs until shutdown, then waits for its in-flight
-/// batches to finish (the daemon bounds that wait with the drain deadline). `beat` is
-/// touched once per iteration: the watchdog's proof that this reader is not stuck.
-pub async fn read_loop(
-    ctx: Arc<GroupContext>,
-    stream: String,
-    mut shutdown: Shutdown,
-    beat: Heartbeat,
-) {
-    let g = ctx.group.clone();
-    let labels = Metrics::sg(&stream, &g.name);
-    let mut backoff = redis_backoff();
-    // Own connection: a blocked XREADGROUP would stall every command queued behind it.
-    let conn = loop {
-        beat.beat();
-        match ctx.redis.dedicated().await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(group = %g.name, %stream, error = %e, "cannot open reader connection");
-                let d = backoff.next().unwrap_or(Duration::from_secs(5));
-                if !sleep_or_shutdown(d, &mut shutdown).await {
+                    tracing::error!(group = %g.name, stream = from, error = %e, "dead-lettering failed; entries stay pending");
+                    self.report.left_pending += self.dead.len();
                     return;
                 }
             }
         }
-    };
-    let mut tasks: JoinSet<()> = JoinSet::new();
-    let mut recovered = false;
-    let mut nogroup_logged = false;
-    let block_ms = g.block.as_millis().max(1) as i64;
-    while !shutdown.is_shutdown() {
-        beat.beat();
-        if !recovered {
-            match recover_own_pending(&ctx, &conn, &stream, &shutdown, &beat).await {
-                Ok(()) => recovered = true,
-                Err(BusError::NoGroup(_)) => recovered = true,
-                Err(e) => {
-                    tracing::warn!(group = %g.name, %stream, error = %e, "recovering own pending entries failed");
-                    let d = backoff.next().unwrap_or(Duration::from_secs(5));
-                    if !sleep_or_shutdown(d, &mut shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            }
+    }
+
+    /// Each dead letter at debug; one warning per batch and reason, so a flood of bad input
+    /// cannot flood the log.
+    fn log_dead_letters(&self, ctx: &GroupContext) {
+        let g = &ctx.group;
+        let mut by_reason: BTreeMap<&str, (usize, &str, &str)> = Default::default();
+        for d in &self.dead {
+            let cid = d
+                .fields
+                .iter()
+                .find(|(k, _)| k == b"cid")
+                .map(|(_, v)| String::from_utf8_lossy(v));
+            tracing::debug!(group = %g.name, stream = %d.stream, entry = %d.entry_id, cid = cid.as_deref(), reason = d.reason.as_str(), error = %d.error, "dead-lettered");
+            by_reason
+                .entry(d.reason.as_str())
+                .or_insert((0, &d.error, &d.stream))
+                .0 += 1;
+            ctx.metrics
+                .dead_lettered
+                .get_or_create(&DeadLetterLabels {
+                    stream: d.stream.clone(),
+                    group: g.name.clone(),
+                    reason: d.reason.as_str().to_string(),
+                })
+                .inc();
         }
-        let read = conn.blocking_cmd(
-            "XREADGROUP",
-            8,
-            vec![
-                arg("GROUP"),
-                arg(g.name.as_str()),
-                arg(ctx.consumer.as_str()),
-                arg("COUNT"),
-                arg(g.batch_size as i64),
-                arg("BLOCK"),
-                arg(block_ms),
-                arg("STREAMS"),
-                arg(stream.as_str()),
-                arg(">"),
-            ],
-        );
-        let reply = tokio::select! {
-            r = read => r,
-            _ = shutdown.recv() => break,
-        };
-        // Reap finished batches so the JoinSet does not grow.
-        while let Some(r) = tasks.try_join_next() {
-            if let Err(e) = r {
-                tracing::error!(group = %g.name, %stream, error = %e, "batch task failed");
-            }
-        }
-        match reply {
-            Ok(v) => {
-                backoff = redis_backoff();
-                nogroup_logged = false;
-                let entries: Vec<RawEntry> = parse_read_reply(v)
-                    .into_iter()
-                    .flat_map(|(_, e)| e)
-                    .collect();
-                if entries.is_empty() {
-                    continue;
-                }
-                // Bounded in-flight work: room for what was read is taken *after* the read,
-                // so a reader blocked on an idle stream never holds room that the group's
-                // busy streams need. While the group is full this reader stops reading.
-                let permits = tokio::select! {
-                    p = ctx.inflight.clone().acquire_many_owned(entries.len() as u32) => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    // Entries read but not started stay pending: recovered or reclaimed.
-                    _ = shutdown.recv() => break,
-                };
-                let ctx2 = ctx.clone();
-                let stream2 = stream.clone();
-                let sd = shutdown.clone();
-                tasks.spawn(async move {
-                    let _permits = permits;
-                    process_batch(&ctx2, &stream2, entries, &HashMap::new(), &sd).await;
-                });
-            }
-            Err(BusError::NoGroup(msg)) => {
-                if !nogroup_logged {
-                    tracing::error!(group = %g.name, %stream, %msg, "consumer group is gone (Redis restarted or failed over?); re-creating it at 0");
-                    nogroup_logged = true;
-                }
-                ctx.metrics.nogroup_recoveries.get_or_create(&labels).inc();
-                if let Err(e) = declare_group_at(&ctx.redis, &stream, &g.name, "0").await {
-                    tracing::warn!(group = %g.name, %stream, error = %e, "re-creating the group failed");
-                    let d = backoff.next().unwrap_or(Duration::from_secs(5));
-                    if !sleep_or_shutdown(d, &mut shutdown).await {
-                        break;
-                    }
-                }
-            }
-            Err(e) => {
-                let d = backoff.next().unwrap_or(Duration::from_secs(5));
-                tracing::warn!(group = %g.name, %stream, error = %e, "read failed, retrying in {d:?}");
-                if !sleep_or_shutdown(d, &mut shutdown).await {
-                    break;
-                }
-            }
+        for (reason, (count, first_error, stream)) in by_reason {
+            tracing::warn!(group = %g.name, stream, reason, count, first_error, "entries dead-lettered");
         }
     }
-    // Stop reading; finish what is in flight.
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r {
-            tracing::error!(group = %g.name, %stream, error = %e, "batch task failed");
-        }
-    }
-    conn.quit().await;
 }

@@ -1,14 +1,18 @@
-//! Dead letters: entries that cannot be processed are moved, with the reason, to the
-//! group's dead-letter stream and acknowledged in the same atomic script, so an entry is
-//! always either pending in its group or in the dead-letter stream, never lost. (In Redis
-//! Cluster the streams are in different slots: XADD to the dead-letter stream first, XACK
-//! last, so a crash in between can leave a second copy, never a loss.)
+//! Dead letters: entries that cannot be processed are copied, with the reason, to the
+//! group's dead-letter stream, and acknowledged only once the copy is stored, in one
+//! atomic script on one node: an entry is always either pending in its group or in the
+//! dead-letter stream, never lost, and never both once the script returns. (In Redis
+//! Cluster the streams are in different slots: XADD first, XACK last, so a crash in
+//! between can leave a second copy, never a loss.)
 //!
-//! A dead-letter entry holds the original entry's fields unchanged plus `dlq_*` fields:
-//! `dlq_reason` (`malformed`, `poison`, `max_deliveries`, `failed`), `dlq_error`,
-//! `dlq_group`, `dlq_stream`, `dlq_entry_id`, `dlq_attempts`, `dlq_ts`.
+//! A dead-letter entry holds `dlq_*` fields — `dlq_reason` (`malformed`, `poison`,
+//! `max_deliveries`, `failed`), `dlq_error`, `dlq_group`, `dlq_stream`, `dlq_entry_id`,
+//! `dlq_attempts`, `dlq_ts` — followed by the original entry's fields unchanged. An
+//! original with more than [`MAX_PLAIN_FIELDS`] fields (anyone who can XADD can write
+//! one) is kept whole instead as one `dlq_fields` field: a MessagePack array of
+//! `[name, value]` byte-string pairs, so no entry is too wide to dead-letter.
 
-use super::client::{BusError, Redis, Value, arg, as_int};
+use super::client::{BusError, Fields, Redis, Value, arg, as_array, as_int};
 use super::script::Script;
 use crate::envelope::now_ms;
 
@@ -16,24 +20,26 @@ static DEAD_LETTER: Script = Script::new(
     "dead_letter",
     r#"#!lua
 -- KEYS[1] source stream, KEYS[2] dead-letter stream, KEYS[3] per-group dead-letter counts.
--- ARGV: group, n, then per entry: entry_id, n_fields, field, value, ...
+-- ARGV: group, n, then per entry: entry_id, n_args, field, value, ...
 -- Only entries still pending in the group are moved (a concurrent consumer may have
--- finished one meanwhile): XACK's reply tells, and the copy is written only then.
+-- finished one meanwhile); each is acknowledged only after its copy is stored.
 local group = ARGV[1]
 local n = tonumber(ARGV[2])
 local pos = 3
 local moved = 0
 for i = 1, n do
   local id = ARGV[pos]
-  local nf = tonumber(ARGV[pos + 1])
-  local fields = {}
-  for j = 1, nf * 2 do fields[j] = ARGV[pos + 1 + j] end
-  pos = pos + 2 + nf * 2
-  if redis.call('XACK', KEYS[1], group, id) == 1 then
-    redis.call('XADD', KEYS[2], '*', unpack(fields))
-    redis.call('HINCRBY', KEYS[3], group, 1)
+  local na = tonumber(ARGV[pos + 1])
+  if #redis.call('XPENDING', KEYS[1], group, id, id, 1) > 0 then
+    local r = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, pos + 2, pos + 1 + na))
+    if type(r) == 'table' and r['err'] then
+      return redis.error_reply('dead-letter copy of ' .. id .. ' to ' .. KEYS[2] .. ': ' .. r['err'])
+    end
+    redis.call('XACK', KEYS[1], group, id)
+    redis.pcall('HINCRBY', KEYS[3], group, 1)
     moved = moved + 1
   end
+  pos = pos + 2 + na
 end
 return moved
 "#,
@@ -41,6 +47,9 @@ return moved
 
 /// Key of the hash counting dead letters per group (read by `status` and metrics).
 pub const DEAD_LETTER_COUNTS: &str = "astra:dlq:counts";
+
+/// Originals with more fields than this are stored packed in one `dlq_fields` field.
+pub const MAX_PLAIN_FIELDS: usize = 256;
 
 /// Why an entry was dead-lettered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +60,7 @@ pub enum Reason {
     Poison,
     /// Delivered `max_deliveries` times without success.
     MaxDeliveries,
-    /// An op failed while being applied.
+    /// A precondition or an op failed while being applied.
     Failed,
 }
 
@@ -70,10 +79,13 @@ impl Reason {
 /// One entry to dead-letter.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
-    /// Entry id in the source stream.
+    /// Entry id in the stream it was read from.
     pub entry_id: String,
+    /// The stream the event belongs to (for a replayed entry: the stream it was first
+    /// read from, not the replay stream).
+    pub stream: String,
     /// The entry's original fields.
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub fields: Fields,
     /// Why.
     pub reason: Reason,
     /// The last error, precise (field, cause).
@@ -82,9 +94,66 @@ pub struct DeadLetter {
     pub attempts: u64,
 }
 
-/// Moves `entries` of `stream` (read by `group`) to `dead_letter_stream` and acknowledges
-/// them, in one script call. Returns how many were moved (entries another consumer
-/// finished in the meantime are skipped).
+/// The fields of the dead-letter copy of `e`, read by `group` (see the module docs).
+fn copy_fields(group: &str, e: &DeadLetter, now: &str) -> Fields {
+    let mut fields: Fields = vec![
+        (
+            b"dlq_reason".to_vec(),
+            e.reason.as_str().as_bytes().to_vec(),
+        ),
+        (b"dlq_error".to_vec(), e.error.as_bytes().to_vec()),
+        (b"dlq_group".to_vec(), group.as_bytes().to_vec()),
+        (b"dlq_stream".to_vec(), e.stream.as_bytes().to_vec()),
+        (b"dlq_entry_id".to_vec(), e.entry_id.as_bytes().to_vec()),
+        (
+            b"dlq_attempts".to_vec(),
+            e.attempts.to_string().into_bytes(),
+        ),
+        (b"dlq_ts".to_vec(), now.as_bytes().to_vec()),
+    ];
+    let original = e.fields.iter().filter(|(k, _)| !k.starts_with(b"dlq_"));
+    if e.fields.len() > MAX_PLAIN_FIELDS {
+        let pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> = original
+            .map(|(k, v)| {
+                (
+                    serde_bytes::ByteBuf::from(k.clone()),
+                    serde_bytes::ByteBuf::from(v.clone()),
+                )
+            })
+            .collect();
+        let packed = rmp_serde::to_vec(&pairs).expect("msgpack of byte pairs");
+        fields.push((b"dlq_fields".to_vec(), packed));
+    } else {
+        fields.extend(original.cloned());
+    }
+    fields
+}
+
+/// Splits a stored dead letter (or a replayed copy) into its `dlq_*` metadata (without the
+/// prefix) and the original fields, unpacking `dlq_fields` when the original was wide.
+pub fn unpack_dead_letter(fields: Fields) -> (Vec<(String, String)>, Fields) {
+    let mut meta = vec![];
+    let mut original = vec![];
+    for (k, v) in fields {
+        if k == b"dlq_fields" {
+            let pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> =
+                rmp_serde::from_slice(&v).unwrap_or_default();
+            original.extend(pairs.into_iter().map(|(k, v)| (k.into_vec(), v.into_vec())));
+        } else if let Some(name) = k.strip_prefix(b"dlq_") {
+            meta.push((
+                String::from_utf8_lossy(name).into_owned(),
+                String::from_utf8_lossy(&v).into_owned(),
+            ));
+        } else {
+            original.push((k, v));
+        }
+    }
+    (meta, original)
+}
+
+/// Moves `entries` that `group` read from `stream` to `dead_letter_stream`, acknowledging
+/// each once its copy is stored, in one script call. Returns how many were moved (entries
+/// no longer pending in the group — another consumer finished them — are skipped).
 pub async fn dead_letter(
     redis: &Redis,
     group: &str,
@@ -95,39 +164,22 @@ pub async fn dead_letter(
     if entries.is_empty() {
         return Ok(0);
     }
-    let mut args: Vec<Value> = vec![arg(group), arg(entries.len() as i64)];
     let now = now_ms().to_string();
-    for e in entries {
-        args.push(arg(e.entry_id.as_str()));
-        let mut fields: Vec<(Vec<u8>, Vec<u8>)> = vec![
-            (
-                b"dlq_reason".to_vec(),
-                e.reason.as_str().as_bytes().to_vec(),
-            ),
-            (b"dlq_error".to_vec(), e.error.as_bytes().to_vec()),
-            (b"dlq_group".to_vec(), group.as_bytes().to_vec()),
-            (b"dlq_stream".to_vec(), stream.as_bytes().to_vec()),
-            (b"dlq_entry_id".to_vec(), e.entry_id.as_bytes().to_vec()),
-            (
-                b"dlq_attempts".to_vec(),
-                e.attempts.to_string().into_bytes(),
-            ),
-            (b"dlq_ts".to_vec(), now.clone().into_bytes()),
-        ];
-        fields.extend(
-            e.fields
-                .iter()
-                .filter(|(k, _)| !k.starts_with(b"dlq_"))
-                .cloned(),
-        );
-        args.push(arg(fields.len() as i64));
+    let copies: Vec<(&str, Fields)> = entries
+        .iter()
+        .map(|e| (e.entry_id.as_str(), copy_fields(group, e, &now)))
+        .collect();
+    if redis.is_cluster() {
+        return dead_letter_cluster(redis, group, stream, dead_letter_stream, copies).await;
+    }
+    let mut args: Vec<Value> = vec![arg(group), arg(copies.len() as i64)];
+    for (id, fields) in copies {
+        args.push(arg(id));
+        args.push(arg((fields.len() * 2) as i64));
         for (k, v) in fields {
             args.push(Value::Bytes(k.into()));
             args.push(Value::Bytes(v.into()));
         }
-    }
-    if redis.is_cluster() {
-        return dead_letter_cluster(redis, group, stream, dead_letter_stream, entries, args).await;
     }
     let keys = vec![
         arg(stream),
@@ -148,22 +200,8 @@ async fn dead_letter_cluster(
     group: &str,
     stream: &str,
     dead_letter_stream: &str,
-    entries: &[DeadLetter],
-    args: Vec<Value>,
+    copies: Vec<(&str, Fields)>,
 ) -> Result<usize, BusError> {
-    // args = group, n, then per entry: entry_id, n_fields, fields… (as for the script).
-    let mut per_entry: Vec<(String, Vec<Value>)> = vec![];
-    let mut it = args.into_iter().skip(2);
-    for _ in entries {
-        let id = it
-            .next()
-            .as_ref()
-            .and_then(super::client::as_string)
-            .unwrap_or_default();
-        let nf = it.next().as_ref().and_then(as_int).unwrap_or(0) as usize;
-        let fields: Vec<Value> = it.by_ref().take(nf * 2).collect();
-        per_entry.push((id, fields));
-    }
     let still_pending = |id: &str| {
         (
             "XPENDING",
@@ -171,11 +209,11 @@ async fn dead_letter_cluster(
         )
     };
     let checks = redis
-        .pipeline(per_entry.iter().map(|(id, _)| still_pending(id)).collect())
+        .pipeline(copies.iter().map(|(id, _)| still_pending(id)).collect())
         .await?;
     let mut moving = vec![];
-    for ((id, fields), r) in per_entry.into_iter().zip(checks) {
-        if super::client::as_array(r?).is_some_and(|a| !a.is_empty()) {
+    for ((id, fields), r) in copies.into_iter().zip(checks) {
+        if as_array(r?).is_some_and(|a| !a.is_empty()) {
             moving.push((id, fields));
         }
     }
@@ -185,7 +223,10 @@ async fn dead_letter_cluster(
     let mut cmds = vec![];
     for (_, fields) in &moving {
         let mut a = vec![arg(dead_letter_stream), arg("*")];
-        a.extend(fields.iter().cloned());
+        for (k, v) in fields {
+            a.push(Value::Bytes(k.clone().into()));
+            a.push(Value::Bytes(v.clone().into()));
+        }
         cmds.push(("XADD", a));
     }
     cmds.push((
@@ -200,7 +241,7 @@ async fn dead_letter_cluster(
         r?;
     }
     let mut a = vec![arg(stream), arg(group)];
-    a.extend(moving.iter().map(|(id, _)| arg(id.as_str())));
+    a.extend(moving.iter().map(|(id, _)| arg(*id)));
     redis.cmd("XACK", a).await?;
     Ok(moving.len())
 }

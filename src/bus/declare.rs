@@ -134,6 +134,8 @@ pub async fn declare(redis: &Redis, config: &Config) -> Result<DeclareReport, Bu
             let state = declare_group(redis, s, g).await?;
             report.groups.push((g.name.clone(), s.clone(), state));
         }
+        // The group's replay stream (dead letters handed back to it): from its start.
+        declare_group_at(redis, &super::consume::replay_stream(&g.name), &g.name, "0").await?;
     }
     let readers = config.readers();
     for s in &config.streams {

@@ -11,6 +11,7 @@ pub mod dlq;
 pub mod idempotent;
 pub mod publish;
 pub mod ratelimit;
+pub mod reader;
 pub mod reclaim;
 pub mod retention;
 pub mod script;

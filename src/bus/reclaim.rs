@@ -1,7 +1,7 @@
 //! Reclaiming: entries pending on any consumer for longer than `claim_idle` (a crashed or
-//! paused daemon, a retry left pending) are taken over with XAUTOCLAIM, looping on its
-//! cursor, and processed again; Redis's delivery counter (read with XPENDING) sends an
-//! entry to the dead letters after `max_deliveries`. Entries whose body was trimmed while
+//! paused daemon, a retry left pending) are taken over (XPENDING IDLE, then XCLAIM JUSTID)
+//! and processed again one at a time; Redis's delivery counter sends an entry to the dead
+//! letters after `max_deliveries`. Entries whose body was trimmed while
 //! pending are counted and reported as lost. Also removes consumers that are idle and own
 //! nothing: a consumer with pending entries is never deleted.
 
@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::client::{BusError, arg, as_array, as_int, as_pairs, as_string, parse_entries};
-use super::consume::{BatchReport, GroupContext, process_batch, sleep_or_shutdown};
+use super::client::{BusError, arg, as_array, as_int, as_pairs, as_string};
+use super::consume::{BatchReport, GroupContext, is_replay_stream, redeliver, sleep_or_shutdown};
 use super::script::Script;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
@@ -37,42 +37,12 @@ pub struct ReclaimReport {
     pub processed: BatchReport,
 }
 
-/// Delivery counts of this consumer's pending entries between `first` and `last`.
-async fn delivery_counts(
-    ctx: &GroupContext,
-    stream: &str,
-    first: &str,
-    last: &str,
-    count: usize,
-) -> Result<HashMap<String, u64>, BusError> {
-    let v = ctx
-        .redis
-        .cmd(
-            "XPENDING",
-            vec![
-                arg(stream),
-                arg(ctx.group.name.as_str()),
-                arg(first),
-                arg(last),
-                arg((count * 2 + 16) as i64),
-                arg(ctx.consumer.as_str()),
-            ],
-        )
-        .await?;
-    let mut out = HashMap::new();
-    for row in as_array(v).unwrap_or_default() {
-        let cols = as_array(row).unwrap_or_default();
-        if let (Some(id), Some(n)) = (
-            cols.first().and_then(as_string),
-            cols.get(3).and_then(as_int),
-        ) {
-            out.insert(id, n.max(0) as u64);
-        }
-    }
-    Ok(out)
-}
-
-/// One full XAUTOCLAIM pass over the group's pending entries of `stream`.
+/// One full pass over the group's entries of `stream` pending for longer than
+/// `claim_idle` on any consumer (XPENDING IDLE, looping on the id). Entries this process
+/// itself holds are left alone (they are being worked on, and touching them would make
+/// them look alive to other daemons); the others are taken over with XCLAIM JUSTID (which
+/// does not count a delivery, and only takes an entry still idle that long), then processed
+/// one at a time by [`redeliver`], which counts each attempt as it happens.
 pub async fn reclaim_once(
     ctx: &Arc<GroupContext>,
     stream: &str,
@@ -80,70 +50,114 @@ pub async fn reclaim_once(
 ) -> Result<ReclaimReport, BusError> {
     let g = &ctx.group;
     let mut report = ReclaimReport::default();
-    let mut cursor = "0-0".to_string();
+    let mut after = "-".to_string();
     let min_idle = g.claim_idle.as_millis() as i64;
     loop {
         if shutdown.is_shutdown() {
             break;
         }
+        let start = if after == "-" {
+            after.clone()
+        } else {
+            format!("({after}")
+        };
         let v = ctx
             .redis
             .cmd(
-                "XAUTOCLAIM",
+                "XPENDING",
                 vec![
                     arg(stream),
                     arg(g.name.as_str()),
-                    arg(ctx.consumer.as_str()),
+                    arg("IDLE"),
                     arg(min_idle),
-                    arg(cursor.as_str()),
-                    arg("COUNT"),
+                    arg(start),
+                    arg("+"),
                     arg(g.batch_size as i64),
                 ],
             )
             .await?;
-        let mut parts = as_array(v).unwrap_or_default().into_iter();
-        let next = parts
-            .next()
-            .as_ref()
-            .and_then(as_string)
-            .unwrap_or_else(|| "0-0".into());
-        let entries = parts.next().map(parse_entries).unwrap_or_default();
-        let deleted = parts.next().and_then(as_array).unwrap_or_default();
-        if !deleted.is_empty() {
-            // Redis already dropped these from the pending list; their bodies were trimmed.
-            report.lost += deleted.len();
-            ctx.metrics
-                .lost
-                .get_or_create(&Metrics::sg(stream, &g.name))
-                .inc_by(deleted.len() as u64);
-            tracing::error!(group = %g.name, stream, count = deleted.len(),
-                ids = ?deleted.iter().filter_map(as_string).collect::<Vec<_>>(),
-                "pending entries were trimmed from the stream before processing: lost");
+        // (id, consumer, idle ms, deliveries)
+        let rows: Vec<(String, String, u64)> = as_array(v)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|r| {
+                let c = as_array(r)?;
+                Some((
+                    c.first().and_then(as_string)?,
+                    c.get(1).and_then(as_string).unwrap_or_default(),
+                    c.get(3).and_then(as_int).unwrap_or(1).max(0) as u64,
+                ))
+            })
+            .collect();
+        let Some(last) = rows.last().map(|r| r.0.clone()) else {
+            break;
+        };
+        let full_page = rows.len() >= g.batch_size;
+        after = last;
+        let (hold, taken) = ctx.hold(stream, rows.iter().map(|r| r.0.clone()));
+        if !taken.is_empty() {
+            let mut a = vec![
+                arg(stream),
+                arg(g.name.as_str()),
+                arg(ctx.consumer.as_str()),
+                arg(min_idle),
+            ];
+            a.extend(taken.iter().map(|id| arg(id.as_str())));
+            a.push(arg("JUSTID"));
+            let claimed: std::collections::HashSet<String> =
+                as_array(ctx.redis.cmd("XCLAIM", a).await?)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(as_string)
+                    .collect();
+            // Not claimed: touched by another consumer meanwhile, or deleted from the
+            // stream (XCLAIM drops those from the pending list). Only the latter is a loss.
+            for id in taken.iter().filter(|id| !claimed.contains(*id)) {
+                let body = ctx
+                    .redis
+                    .cmd(
+                        "XRANGE",
+                        vec![arg(stream), arg(id.as_str()), arg(id.as_str())],
+                    )
+                    .await?;
+                if as_array(body).is_none_or(|a| a.is_empty()) {
+                    report.lost += 1;
+                    ctx.metrics
+                        .lost
+                        .get_or_create(&Metrics::sg(stream, &g.name))
+                        .inc();
+                    tracing::error!(group = %g.name, stream, entry = %id, "a pending entry was deleted from the stream before processing: lost");
+                }
+            }
+            let entries: Vec<(String, u64)> = rows
+                .iter()
+                .filter(|r| claimed.contains(&r.0))
+                .map(|r| (r.0.clone(), r.2))
+                .collect();
+            if !entries.is_empty() {
+                // Claimed entries count against the group's in-flight bound like read ones.
+                let permits = ctx
+                    .inflight
+                    .clone()
+                    .acquire_many_owned(entries.len() as u32)
+                    .await
+                    .map_err(|_| BusError::Unavailable("shutting down".into()))?;
+                report.claimed += entries.len();
+                let owners: std::collections::BTreeSet<&str> = rows
+                    .iter()
+                    .filter(|r| claimed.contains(&r.0))
+                    .map(|r| r.1.as_str())
+                    .collect();
+                tracing::info!(group = %g.name, stream, claimed = entries.len(), from = ?owners, "reclaimed idle pending entries");
+                let r = redeliver(ctx, stream, &entries, shutdown).await?;
+                report.processed += r.processed;
+                drop(permits);
+            }
         }
-        if !entries.is_empty() {
-            // Claimed entries count against the group's in-flight bound like read ones.
-            let permits = ctx
-                .inflight
-                .clone()
-                .acquire_many_owned(entries.len() as u32)
-                .await
-                .map_err(|_| BusError::Unavailable("shutting down".into()))?;
-            report.claimed += entries.len();
-            let first = entries.first().map(|e| e.id.clone()).unwrap_or_default();
-            let last = entries.last().map(|e| e.id.clone()).unwrap_or_default();
-            let counts = delivery_counts(ctx, stream, &first, &last, entries.len()).await?;
-            tracing::info!(group = %g.name, stream, claimed = entries.len(), "reclaimed idle pending entries");
-            let r = process_batch(ctx, stream, entries, &counts, shutdown).await;
-            report.processed.committed += r.committed;
-            report.processed.duplicates += r.duplicates;
-            report.processed.dead_lettered += r.dead_lettered;
-            report.processed.left_pending += r.left_pending;
-            drop(permits);
-        }
-        if next == "0-0" {
+        drop(hold);
+        if !full_page {
             break;
         }
-        cursor = next;
     }
     Ok(report)
 }
@@ -211,6 +225,12 @@ pub async fn reclaim_loop(
     loop {
         if !sleep_or_shutdown(interval, &mut shutdown).await {
             break;
+        }
+        if is_replay_stream(&stream) {
+            // Only this group reads its replay stream: what it finished can go.
+            if let Err(e) = super::retention::trim_to_floor(&ctx.redis, &stream).await {
+                tracing::debug!(group = %ctx.group.name, %stream, error = %e, "trimming the replay stream failed");
+            }
         }
         match reclaim_once(&ctx, &stream, &shutdown).await {
             Ok(_) | Err(BusError::NoGroup(_)) => {}

@@ -123,6 +123,21 @@ pub async fn trim_stream(redis: &Redis, s: &StreamConfig) -> Result<u64, BusErro
     Ok(as_int(&v).unwrap_or(0).max(0) as u64)
 }
 
+/// Trims `stream` up to the first entry some group still needs (for a stream only its own
+/// groups read, such as a replay stream). Returns how many entries were removed.
+pub async fn trim_to_floor(redis: &Redis, stream: &str) -> Result<u64, BusError> {
+    let Some(floor) = needed_floor(redis, stream).await? else {
+        return Ok(0);
+    };
+    if floor <= (0, 1) {
+        return Ok(0);
+    }
+    let v = redis
+        .cmd("XTRIM", vec![arg(stream), arg("MINID"), arg(fmt_id(floor))])
+        .await?;
+    Ok(as_int(&v).unwrap_or(0).max(0) as u64)
+}
+
 /// Applies retention to every stream every `interval`, until shutdown.
 pub async fn retention_loop(
     redis: Redis,

@@ -30,6 +30,76 @@ pub struct GroupStatus {
     pub exists: bool,
     /// Entries of this group in its dead-letter stream (all streams of the group).
     pub dead_letters: i64,
+    /// The last entry id delivered to the group (`None` when the group does not exist).
+    pub last_delivered_id: Option<String>,
+    /// The oldest entry still pending in the group.
+    pub oldest_pending_id: Option<String>,
+}
+
+impl GroupStatus {
+    /// An entry id at or before which everything is acknowledged: where the group can be
+    /// re-created if it vanishes, without skipping anything it had not finished.
+    pub fn safe_point(&self) -> Option<String> {
+        let last = parse_id(self.last_delivered_id.as_deref()?)?;
+        let point = match self.oldest_pending_id.as_deref().and_then(parse_id) {
+            Some(oldest) => last.min(before(oldest)),
+            None => last,
+        };
+        Some(format!("{}-{}", point.0, point.1))
+    }
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn before((ms, seq): (u64, u64)) -> (u64, u64) {
+    if seq > 0 {
+        (ms, seq - 1)
+    } else if ms > 0 {
+        (ms - 1, u64::MAX)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Where the daemon records each group's [`GroupStatus::safe_point`] (field
+/// `<stream> <group>`), refreshed with every health snapshot.
+pub const POSITIONS: &str = "astra:groups:positions";
+
+fn position_field(stream: &str, group: &str) -> String {
+    format!("{stream} {group}")
+}
+
+/// Records the safe point of every existing (group, stream) of `snap` (one HSET).
+pub async fn record_positions(redis: &Redis, snap: &Snapshot) -> Result<(), BusError> {
+    let mut args = vec![arg(POSITIONS)];
+    for g in &snap.groups {
+        if let Some(p) = g.safe_point() {
+            args.push(arg(position_field(&g.stream, &g.group)));
+            args.push(arg(p));
+        }
+    }
+    if args.len() > 1 {
+        redis.cmd("HSET", args).await?;
+    }
+    Ok(())
+}
+
+/// The last recorded safe point of `group` on `stream`.
+pub async fn recorded_position(
+    redis: &Redis,
+    stream: &str,
+    group: &str,
+) -> Result<Option<String>, BusError> {
+    let v = redis
+        .cmd(
+            "HGET",
+            vec![arg(POSITIONS), arg(position_field(stream, group))],
+        )
+        .await?;
+    Ok(as_string(&v))
 }
 
 /// Everything the health metrics and `status` need, read in one pipelined round trip.
@@ -109,12 +179,12 @@ pub async fn snapshot(redis: &Redis, cfg: &Config) -> Result<Snapshot, BusError>
     }
     for (s, g) in pairs {
         let info = infos.get(&(s, g.to_string()));
-        let oldest = replies
+        let oldest_id = replies
             .next()
             .and_then(|r| r.ok())
             .and_then(as_array)
-            .and_then(|a| a.get(1).and_then(as_string))
-            .map(|id| age_ms(&id));
+            .and_then(|a| a.get(1).and_then(as_string));
+        let oldest = oldest_id.as_deref().map(age_ms);
         out.groups.push(GroupStatus {
             group: g.to_string(),
             stream: s.to_string(),
@@ -131,6 +201,10 @@ pub async fn snapshot(redis: &Redis, cfg: &Config) -> Result<Snapshot, BusError>
                 .unwrap_or(0),
             exists: info.is_some(),
             dead_letters: dlq.get(g).copied().unwrap_or(0),
+            last_delivered_id: info
+                .and_then(|i| i.get("last-delivered-id"))
+                .and_then(as_string),
+            oldest_pending_id: oldest_id,
         });
     }
     let ints = |v: Option<Result<Value, BusError>>| -> std::collections::BTreeMap<String, i64> {

@@ -284,6 +284,11 @@ const COMMANDS: &[(&str, KeyType)] = &[
     ("CHAINAPPEND", KeyType::String),
 ];
 
+/// The names of the commands a handler op may use (the commit scripts refuse any other).
+pub fn allowed_commands() -> impl Iterator<Item = &'static str> {
+    COMMANDS.iter().map(|(c, _)| *c)
+}
+
 /// One atomic Redis operation on one key. Built with the constructors below; anything else
 /// is rejected, so a handler cannot reach outside the allowed command set.
 #[derive(Debug, Clone, PartialEq, Eq)]
