@@ -15,6 +15,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::envelope::parse_stream_name;
+pub use crate::group::{GroupConfig, StartId};
+
 mod edge;
 pub use edge::{
     ApiKey, AuthMode, EdgeConfig, RateLimitConfig, Scope, hex, key_sha256, valid_user_id,
@@ -440,60 +443,6 @@ impl StreamConfig {
     }
 }
 
-/// Where a newly created group starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartId {
-    /// `0`: the whole history of the stream.
-    Beginning,
-    /// `$`: only entries added after creation.
-    End,
-}
-
-impl StartId {
-    /// The XGROUP CREATE id argument.
-    pub fn as_redis(&self) -> &'static str {
-        match self {
-            StartId::Beginning => "0",
-            StartId::End => "$",
-        }
-    }
-}
-
-/// One consumer group with every setting resolved.
-#[derive(Debug, Clone)]
-pub struct GroupConfig {
-    /// `<domain>.<name>`, also the Redis group name.
-    pub name: String,
-    /// Domain (from the file name).
-    pub domain: String,
-    /// Handler name.
-    pub handler: String,
-    /// What the group does.
-    pub description: String,
-    /// Streams read.
-    pub reads: Vec<String>,
-    /// Streams it may publish to.
-    pub publishes: Vec<String>,
-    /// XREADGROUP COUNT.
-    pub batch_size: usize,
-    /// XREADGROUP BLOCK.
-    pub block: Duration,
-    /// Max events in flight.
-    pub concurrency: usize,
-    /// XAUTOCLAIM min idle time.
-    pub claim_idle: Duration,
-    /// Deliveries before dead-lettering.
-    pub max_deliveries: u32,
-    /// Dead-letter stream.
-    pub dead_letter_stream: String,
-    /// Start position for a new group.
-    pub start_id: StartId,
-    /// Handler tunables.
-    pub options: toml::Table,
-    /// Where `options` starts, for the handler's error messages (`file:line:col`).
-    pub options_origin: String,
-}
-
 impl Config {
     /// Loads and validates `dir/streams.toml` and `dir/consumer-groups/*.toml`, then applies
     /// environment overrides (`ASTRA_REDIS_URL`, `ASTRA_INSTANCE`).
@@ -724,28 +673,6 @@ fn read(path: &Path) -> Result<String, ConfigError> {
         path: path.to_path_buf(),
         source,
     })
-}
-
-/// Parses `astra.<domain>.<event>.v<n>`; returns (domain, event, n).
-pub fn parse_stream_name(name: &str) -> Option<(String, String, u32)> {
-    let parts: Vec<&str> = name.split('.').collect();
-    if parts.len() != 4 || parts[0] != "astra" {
-        return None;
-    }
-    let seg_ok = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
-    if !seg_ok(parts[1]) || !seg_ok(parts[2]) {
-        return None;
-    }
-    let v = parts[3].strip_prefix('v')?;
-    if v.is_empty() || v.starts_with('0') || !v.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u32 = v.parse().ok()?;
-    Some((parts[1].to_string(), parts[2].to_string(), n))
 }
 
 /// Converts a byte offset into 1-based (line, column); columns count characters.
@@ -1407,28 +1334,6 @@ pub fn default_instance() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stream_names() {
-        assert_eq!(
-            parse_stream_name("astra.trading.trade_executed.v1"),
-            Some(("trading".into(), "trade_executed".into(), 1))
-        );
-        assert!(parse_stream_name("astra.trading.trade_executed.v12").is_some());
-        for bad in [
-            "astra.Trading.trade.v1",
-            "astra.trading.trade.v0",
-            "astra.trading.trade.v01",
-            "astra.trading.trade",
-            "astra.trading.trade.1",
-            "bus.trading.trade.v1",
-            "astra..trade.v1",
-            "astra.trading.trade-x.v1",
-            "astra.a.b.c.v1",
-        ] {
-            assert_eq!(parse_stream_name(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn line_col_counts_from_one() {

@@ -20,12 +20,15 @@
 //! - [`cli`]: the `astra-bus` command line.
 
 pub mod bus;
+pub mod calendar;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod edge;
 pub mod envelope;
 pub mod events;
+pub mod group;
+pub mod handler;
 pub mod handlers;
 pub mod kpi;
 pub mod logging;

@@ -10,11 +10,11 @@ use super::{
     Constructor, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options, non_empty,
     option, poison,
 };
-use crate::config::GroupConfig;
 use crate::events::{
     Interaction, RevenueRecorded, SaleCompleted, SubscriptionAction, SubscriptionChanged,
     TradeExecuted, UserRegistered, XpAwarded, notional_cents, streams, usd_to_cents,
 };
+use crate::group::GroupConfig;
 
 /// The handlers of this domain, by name.
 pub fn handlers() -> Vec<(&'static str, Constructor)> {
@@ -525,7 +525,7 @@ pub fn canonical_bytes(ev: &Event) -> Vec<u8> {
 /// computes for a record appended after the record whose hash is `prev_hex` (`""` for
 /// the first record).
 pub fn chain_hash(prev_hex: &str, record: &[u8]) -> String {
-    crate::bus::commit::chain_link(prev_hex, record)
+    crate::handler::chain_link(prev_hex, record)
 }
 
 /// Which part of an audit record failed verification.

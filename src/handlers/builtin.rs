@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::{Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options};
-use crate::config::GroupConfig;
+use crate::group::GroupConfig;
 
 /// Re-publishes every event unchanged (payload bytes kept) to each stream the group
 /// `publishes`, as a derived event (same `cid`, `caus` = source id).

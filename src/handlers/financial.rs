@@ -15,11 +15,11 @@ use super::{
     Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options,
     non_empty, option, poison,
 };
-use crate::config::GroupConfig;
 use crate::events::{
     ComplianceFlagged, RevenueRecorded, SaleCompleted, SubscriptionAction, SubscriptionChanged,
     cents_to_usd, streams, usd_to_cents,
 };
+use crate::group::GroupConfig;
 
 /// The handlers of this domain, by name.
 pub fn handlers() -> Vec<(&'static str, Constructor)> {

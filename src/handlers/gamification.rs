@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, civil_from_days,
-    deny_unknown_options, option, utc_day,
+    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options, option,
 };
-use crate::config::GroupConfig;
+use crate::calendar::utc_day;
+pub use crate::calendar::{day_end_ms, iso_week, iso_year_week, week_end_ms};
 use crate::events::{
     AchievementUnlocked, Interaction, InteractionKind, LeaderboardUpdated, LevelUp, TradeExecuted,
     XpAwarded, notional_cents, streams,
 };
+use crate::group::GroupConfig;
 
 /// The handlers of this domain, by name.
 pub fn handlers() -> Vec<(&'static str, Constructor)> {
@@ -52,56 +53,6 @@ pub fn xp_for_level(level: u32) -> i64 {
 // ---------------------------------------------------------------------------------------
 // Time periods
 // ---------------------------------------------------------------------------------------
-
-const DAY_MS: i64 = 86_400_000;
-
-/// (year, month, day) → days since 1970-01-01, proleptic Gregorian (inverse of
-/// [`civil_from_days`], H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// ISO weekday of a day number: Monday = 1 … Sunday = 7 (1970-01-01 was a Thursday).
-fn iso_weekday(days: i64) -> i64 {
-    (days + 3).rem_euclid(7) + 1
-}
-
-/// ISO 8601 (week-year, week) of a Unix-ms timestamp (UTC). Weeks start on Monday; week 1
-/// is the week holding the year's first Thursday, so 2021-01-03 is in 2020's week 53 and
-/// 2019-12-30 is in 2020's week 1.
-pub fn iso_year_week(ts_ms: i64) -> (i64, u32) {
-    let days = ts_ms.div_euclid(DAY_MS);
-    // The Thursday of the same ISO week decides the week-year.
-    let thursday = days + 4 - iso_weekday(days);
-    let (year, _, _) = civil_from_days(thursday);
-    let week = (thursday - days_from_civil(year, 1, 1)) / 7 + 1;
-    (year, week as u32)
-}
-
-/// ISO week of a Unix-ms timestamp (UTC), `YYYY-Www`, e.g. `2026-W47`.
-pub fn iso_week(ts_ms: i64) -> String {
-    let (year, week) = iso_year_week(ts_ms);
-    format!("{year:04}-W{week:02}")
-}
-
-/// Unix ms at which the ISO week holding `ts_ms` ends (the next Monday, 00:00 UTC).
-pub fn week_end_ms(ts_ms: i64) -> i64 {
-    let days = ts_ms.div_euclid(DAY_MS);
-    let monday = days - (iso_weekday(days) - 1);
-    (monday + 7) * DAY_MS
-}
-
-/// Unix ms at which the UTC day holding `ts_ms` ends (the next midnight UTC).
-pub fn day_end_ms(ts_ms: i64) -> i64 {
-    (ts_ms.div_euclid(DAY_MS) + 1) * DAY_MS
-}
 
 /// `EXPIRE` seconds for a key of a period that ends at `period_end_ms`, written by an event
 /// that occurred at `ts_ms`: the rest of the period (rounded up to whole seconds) plus
@@ -763,6 +714,7 @@ impl Handler for Achievements {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::calendar::at;
     use crate::events::Side;
     use crate::handlers::testing::{args, done, more, poison_of as poison_reason};
     use crate::handlers::testing::{decode, event, event_at, group, int, json_event, text};
@@ -797,11 +749,6 @@ mod tests {
         }
     }
 
-    /// Unix ms of a UTC date at `hour`:00.
-    fn at(y: i64, m: u32, d: u32, hour: i64) -> i64 {
-        days_from_civil(y, m, d) * DAY_MS + hour * 3_600_000
-    }
-
     // ---- helpers ------------------------------------------------------------------------
 
     #[test]
@@ -832,77 +779,8 @@ mod tests {
     }
 
     #[test]
-    fn days_from_civil_inverts_civil_from_days() {
-        for d in -800_000..800_000i64 {
-            let (y, m, day) = civil_from_days(d);
-            assert_eq!(days_from_civil(y, m, day), d);
-        }
-        assert_eq!(at(2026, 11, 21, 12), 1_795_262_400_000);
-    }
-
-    #[test]
-    fn iso_weeks_at_year_boundaries() {
-        let cases = [
-            ((2026, 11, 21), "2026-W47"),
-            ((2026, 1, 1), "2026-W01"),
-            ((2025, 12, 29), "2026-W01"),
-            ((2026, 12, 28), "2026-W53"),
-            ((2026, 12, 31), "2026-W53"),
-            ((2027, 1, 1), "2026-W53"),
-            ((2027, 1, 3), "2026-W53"),
-            ((2027, 1, 4), "2027-W01"),
-            ((2020, 12, 31), "2020-W53"),
-            ((2021, 1, 3), "2020-W53"),
-            ((2021, 1, 4), "2021-W01"),
-            ((2019, 12, 30), "2020-W01"),
-            ((2008, 12, 29), "2009-W01"),
-            ((2010, 1, 3), "2009-W53"),
-            ((1970, 1, 1), "1970-W01"),
-        ];
-        for ((y, m, d), want) in cases {
-            assert_eq!(iso_week(at(y, m, d, 0)), want, "{y}-{m}-{d} 00:00");
-            assert_eq!(
-                iso_week(at(y, m, d, 0) + DAY_MS - 1),
-                want,
-                "{y}-{m}-{d} 23:59"
-            );
-        }
-        // Sunday 23:59:59.999 vs Monday 00:00.
-        assert_eq!(iso_week(at(2021, 1, 4, 0) - 1), "2020-W53");
-        assert_eq!(iso_week(-1), "1970-W01"); // 1969-12-31 is a Wednesday of 1970-W01
-    }
-
-    #[test]
-    fn iso_weeks_advance_only_on_mondays_and_wrap_at_52_or_53() {
-        let mut prev = iso_year_week(at(1990, 1, 1, 0));
-        assert_eq!(prev, (1990, 1));
-        let mut weeks53 = 0;
-        for d in days_from_civil(1990, 1, 2)..days_from_civil(2101, 1, 1) {
-            let cur = iso_year_week(d * DAY_MS);
-            if iso_weekday(d) == 1 {
-                if prev.0 == cur.0 {
-                    assert_eq!(cur.1, prev.1 + 1, "day {d}");
-                } else {
-                    assert_eq!((cur.0, cur.1), (prev.0 + 1, 1), "day {d}");
-                    assert!(prev.1 == 52 || prev.1 == 53);
-                    weeks53 += usize::from(prev.1 == 53);
-                }
-            } else {
-                assert_eq!(cur, prev, "day {d}");
-            }
-            prev = cur;
-        }
-        // 71 of every 400 ISO years have 53 weeks; 1990..=2100 has 20 of them.
-        assert_eq!(weeks53, 20);
-    }
-
-    #[test]
-    fn period_ends_and_ttls() {
+    fn period_ttls() {
         let sat_noon = at(2026, 11, 21, 12);
-        assert_eq!(day_end_ms(sat_noon), at(2026, 11, 22, 0));
-        assert_eq!(week_end_ms(sat_noon), at(2026, 11, 23, 0));
-        // Monday 00:00 belongs to the new week.
-        assert_eq!(week_end_ms(at(2026, 11, 23, 0)), at(2026, 11, 30, 0));
         let two_days = Duration::from_secs(2 * 86_400);
         assert_eq!(
             expire_secs(day_end_ms(sat_noon), sat_noon, two_days),

@@ -16,11 +16,11 @@ use super::gamification::{
 use super::{
     Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options, option,
 };
-use crate::config::GroupConfig;
 use crate::events::{
     AchievementUnlocked, ClanScoreUpdated, FeedItemPosted, InfluenceUpdated, Interaction,
     InteractionKind, LevelUp, Side, TradeExecuted, UserRegistered, XpAwarded, streams,
 };
+use crate::group::GroupConfig;
 
 /// The handlers of this domain, by name.
 pub fn handlers() -> Vec<(&'static str, Constructor)> {

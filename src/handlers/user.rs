@@ -9,11 +9,11 @@ use super::{
     Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options,
     non_empty, poison,
 };
-use crate::config::GroupConfig;
 use crate::events::{
     AchievementUnlocked, LevelUp, NotificationRequested, ProfileUpdated, RewardIssued,
     UserRegistered, XpAwarded, streams,
 };
+use crate::group::GroupConfig;
 
 /// The handlers of this domain, by name.
 pub fn handlers() -> Vec<(&'static str, Constructor)> {
