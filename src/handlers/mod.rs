@@ -26,6 +26,7 @@ pub mod social;
 pub mod support;
 pub mod testing;
 pub mod trading;
+pub mod typed;
 pub mod user;
 
 pub use registry::{Constructor, Registry, is_known, names};

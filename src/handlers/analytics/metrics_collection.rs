@@ -10,6 +10,7 @@ use crate::events::{
 use crate::group::GroupConfig;
 use crate::handler::{Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{deny_unknown_options, non_empty, option, poison};
+use crate::handlers::typed::{TypedHandler, input};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -28,6 +29,32 @@ fn is_day(s: &str) -> bool {
     let month: u32 = s[5..7].parse().unwrap_or(0);
     let day: u32 = s[8..10].parse().unwrap_or(0);
     (1..=12).contains(&month) && (1..=31).contains(&day)
+}
+
+input! {
+    /// What `analytics.metrics_collection` reads: every business stream, the payload
+    /// decoded only where a field is counted.
+    pub enum MetricsInput {
+        streams::TRADE_EXECUTED => Trade(TradeExecuted),
+        streams::INTERACTION => Interaction(Interaction),
+        streams::REGISTERED => Registered(UserRegistered),
+        streams::XP_AWARDED => Xp(XpAwarded),
+        streams::LEVEL_UP => LevelUp,
+        streams::ACHIEVEMENT_UNLOCKED => Achievement,
+        streams::REWARD_ISSUED => Reward,
+        streams::SUBSCRIPTION_CHANGED => Subscription(SubscriptionChanged),
+        streams::SALE_COMPLETED => Sale(SaleCompleted),
+        streams::REVENUE_RECORDED => Revenue(RevenueRecorded),
+        streams::POSITION_UPDATED
+            | streams::RISK_ALERT
+            | streams::LEADERBOARD_UPDATED
+            | streams::FEED_ITEM_POSTED
+            | streams::CLAN_SCORE_UPDATED
+            | streams::INFLUENCE_UPDATED
+            | streams::COMPLIANCE_FLAGGED
+            | streams::PROFILE_UPDATED
+            | streams::NOTIFICATION_REQUESTED => Uncounted,
+    }
 }
 
 /// `analytics.metrics_collection`: business KPI counters per UTC day and a daily-active-
@@ -159,8 +186,15 @@ fn positive_cents(field: &str, usd: f64) -> Result<i64, HandlerError> {
     usd_to_cents(usd).ok_or_else(|| poison(format!("field `{field}`: {usd} is out of range")))
 }
 
-impl Handler for MetricsCollection {
-    fn step(&self, ev: &Event, _rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
+impl TypedHandler for MetricsCollection {
+    type Input = MetricsInput;
+
+    fn decide(
+        &self,
+        input: MetricsInput,
+        ev: &Event,
+        _: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
         let day = ev.utc_day();
         let mut plan = Plan {
             ttl_secs: self.ttl_secs,
@@ -168,9 +202,8 @@ impl Handler for MetricsCollection {
             expire: vec![],
             totals: vec![],
         };
-        match ev.stream.as_str() {
-            streams::TRADE_EXECUTED => {
-                let t: TradeExecuted = ev.payload()?;
+        match input {
+            MetricsInput::Trade(t) => {
                 non_empty("user_id", &t.user_id)?;
                 if !t.quantity.is_finite() || t.quantity <= 0.0 {
                     return Err(poison(format!(
@@ -190,20 +223,17 @@ impl Handler for MetricsCollection {
                 plan.active(&day, &[&t.user_id]);
                 plan.trade_minute(ev.env.ts);
             }
-            streams::INTERACTION => {
-                let i: Interaction = ev.payload()?;
+            MetricsInput::Interaction(i) => {
                 non_empty("user_id", &i.user_id)?;
                 plan.incr(&day, field::INTERACTIONS, 1);
                 plan.active(&day, &[&i.user_id]);
             }
-            streams::REGISTERED => {
-                let r: UserRegistered = ev.payload()?;
+            MetricsInput::Registered(r) => {
                 non_empty("user_id", &r.user_id)?;
                 plan.incr(&day, field::REGISTRATIONS, 1);
                 plan.active(&day, &[&r.user_id]);
             }
-            streams::XP_AWARDED => {
-                let x: XpAwarded = ev.payload()?;
+            MetricsInput::Xp(x) => {
                 non_empty("user_id", &x.user_id)?;
                 if x.amount < 0 {
                     return Err(poison(format!(
@@ -214,11 +244,10 @@ impl Handler for MetricsCollection {
                 plan.incr(&day, field::XP, x.amount);
                 plan.active(&day, &[&x.user_id]);
             }
-            streams::LEVEL_UP => plan.incr(&day, field::LEVEL_UPS, 1),
-            streams::ACHIEVEMENT_UNLOCKED => plan.incr(&day, field::ACHIEVEMENTS, 1),
-            streams::REWARD_ISSUED => plan.incr(&day, field::REWARDS, 1),
-            streams::SUBSCRIPTION_CHANGED => {
-                let s: SubscriptionChanged = ev.payload()?;
+            MetricsInput::LevelUp => plan.incr(&day, field::LEVEL_UPS, 1),
+            MetricsInput::Achievement => plan.incr(&day, field::ACHIEVEMENTS, 1),
+            MetricsInput::Reward => plan.incr(&day, field::REWARDS, 1),
+            MetricsInput::Subscription(s) => {
                 non_empty("user_id", &s.user_id)?;
                 let f = match s.action {
                     SubscriptionAction::Started => field::SUBSCRIPTIONS_STARTED,
@@ -228,8 +257,7 @@ impl Handler for MetricsCollection {
                 plan.incr(&day, f, 1);
                 plan.active(&day, &[&s.user_id]);
             }
-            streams::SALE_COMPLETED => {
-                let s: SaleCompleted = ev.payload()?;
+            MetricsInput::Sale(s) => {
                 non_empty("buyer_id", &s.buyer_id)?;
                 non_empty("seller_id", &s.seller_id)?;
                 let cents = positive_cents("price_usd", s.price_usd)?;
@@ -237,8 +265,7 @@ impl Handler for MetricsCollection {
                 plan.incr(&day, field::NFT_VOLUME_CENTS, cents);
                 plan.active(&day, &[&s.buyer_id, &s.seller_id]);
             }
-            streams::REVENUE_RECORDED => {
-                let r: RevenueRecorded = ev.payload()?;
+            MetricsInput::Revenue(r) => {
                 let f = REVENUE_FIELDS
                     .iter()
                     .find(|(src, _)| *src == r.source)
@@ -263,21 +290,7 @@ impl Handler for MetricsCollection {
                 }
                 plan.incr(&r.day, f, r.amount_cents);
             }
-            streams::POSITION_UPDATED
-            | streams::RISK_ALERT
-            | streams::LEADERBOARD_UPDATED
-            | streams::FEED_ITEM_POSTED
-            | streams::CLAN_SCORE_UPDATED
-            | streams::INFLUENCE_UPDATED
-            | streams::COMPLIANCE_FLAGGED
-            | streams::PROFILE_UPDATED
-            | streams::NOTIFICATION_REQUESTED => {}
-            _ => {
-                return Err(poison(format!(
-                    "stream `{}` is not read by this handler",
-                    ev.stream
-                )));
-            }
+            MetricsInput::Uncounted => {}
         }
         Ok(plan.finish())
     }
@@ -286,7 +299,6 @@ impl Handler for MetricsCollection {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::events::{LevelUp, PositionUpdated, Side};
     use crate::handlers::testing::{event, event_at, group, json_event};
 

@@ -3,13 +3,15 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::events::{ComplianceFlagged, streams};
+use crate::events::{ComplianceFlagged, TradeExecuted, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
     WINDOW, deny_unknown_options, duration_option, int_reply, option, require_publishes, round,
+    unexpected_stream,
 };
 use crate::handlers::trading::validate_trade;
+use crate::handlers::typed::{Input, TypedHandler};
 
 /// `financial.compliance`: flags large trades and high trading velocity.
 ///
@@ -70,9 +72,20 @@ impl Compliance {
     }
 }
 
-impl Handler for Compliance {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let v = validate_trade(ev)?;
+impl TypedHandler for Compliance {
+    type Input = TradeExecuted;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        unexpected_stream(ev, Self::Input::STREAMS)
+    }
+
+    fn decide(
+        &self,
+        t: TradeExecuted,
+        ev: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let v = validate_trade(t)?;
         let t = &v.trade;
         let vkey = velocity_key(&t.user_id, velocity_bucket(ev.env.ts, self.window_ms));
         if rounds.is_empty() {
@@ -117,7 +130,6 @@ impl Handler for Compliance {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::handlers::financial::fixtures::*;
     use crate::handlers::testing::{args, done, more, poison_of};
     use crate::handlers::testing::{decode, event, event_at, group, int};

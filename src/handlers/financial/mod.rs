@@ -7,7 +7,7 @@
 //! is 0 cents, 10 bps of 50 cents (0.05 cent) is 0, 10 bps of 500 cents (0.5 cent) is 1.
 use crate::events::{SaleCompleted, SubscriptionChanged, usd_to_cents};
 use crate::group::GroupConfig;
-use crate::handler::{Event, HandlerError};
+use crate::handler::HandlerError;
 use crate::handlers::registry::Constructor;
 use crate::handlers::support::{non_empty, option, poison};
 
@@ -112,18 +112,16 @@ fn price_cents(field: &str, usd: f64) -> Result<i64, HandlerError> {
     })
 }
 
-/// Decodes and checks a `subscription_changed` payload.
-fn subscription(ev: &Event) -> Result<(SubscriptionChanged, i64), HandlerError> {
-    let s: SubscriptionChanged = ev.payload()?;
+/// Checks a `subscription_changed` payload; its price in cents.
+fn subscription(s: SubscriptionChanged) -> Result<(SubscriptionChanged, i64), HandlerError> {
     non_empty("user_id", &s.user_id)?;
     non_empty("plan", &s.plan)?;
     let cents = price_cents("price_usd", s.price_usd)?;
     Ok((s, cents))
 }
 
-/// Decodes and checks a `sale_completed` payload (the fields revenue uses).
-fn sale(ev: &Event) -> Result<(SaleCompleted, i64), HandlerError> {
-    let s: SaleCompleted = ev.payload()?;
+/// Checks a `sale_completed` payload (the fields revenue uses); its price in cents.
+fn sale(s: SaleCompleted) -> Result<(SaleCompleted, i64), HandlerError> {
     non_empty("sale_id", &s.sale_id)?;
     non_empty("seller_id", &s.seller_id)?;
     let cents = price_cents("price_usd", s.price_usd)?;

@@ -3,13 +3,17 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::events::{RevenueRecorded, SubscriptionAction, cents_to_usd, streams};
+use crate::events::{
+    RevenueRecorded, SaleCompleted, SubscriptionAction, SubscriptionChanged, TradeExecuted,
+    cents_to_usd, streams,
+};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
     deny_unknown_options, option, require_publishes, unexpected_stream,
 };
 use crate::handlers::trading::validate_trade;
+use crate::handlers::typed::{Input, TypedHandler, input};
 
 /// `financial.revenue_tracking`: revenue per UTC day and source.
 ///
@@ -40,11 +44,14 @@ pub struct RevenueTracking {
     retain_secs: i64,
 }
 
-const REVENUE_STREAMS: &[&str] = &[
-    streams::TRADE_EXECUTED,
-    streams::SUBSCRIPTION_CHANGED,
-    streams::SALE_COMPLETED,
-];
+input! {
+    /// What `financial.revenue_tracking` reads.
+    pub enum RevenueInput {
+        streams::TRADE_EXECUTED => Trade(TradeExecuted),
+        streams::SUBSCRIPTION_CHANGED => Subscription(SubscriptionChanged),
+        streams::SALE_COMPLETED => Sale(SaleCompleted),
+    }
+}
 
 impl RevenueTracking {
     /// Builds from the group config; options `default_fee_bps`, `nft_fee_bps`, `retain_days`.
@@ -67,17 +74,20 @@ impl RevenueTracking {
     }
 
     /// (source, cents, user) of an event; cents may be 0.
-    fn revenue(&self, ev: &Event) -> Result<Option<(&'static str, i64, String)>, HandlerError> {
-        match ev.stream.as_str() {
-            streams::TRADE_EXECUTED => {
-                let v = validate_trade(ev)?;
+    fn revenue(
+        &self,
+        input: RevenueInput,
+    ) -> Result<Option<(&'static str, i64, String)>, HandlerError> {
+        match input {
+            RevenueInput::Trade(t) => {
+                let v = validate_trade(t)?;
                 let fee = v
                     .fee_cents
                     .unwrap_or_else(|| bps_of(v.notional_cents, self.default_fee_bps));
                 Ok(Some((SOURCE_TRADE_FEE, fee, v.trade.user_id)))
             }
-            streams::SUBSCRIPTION_CHANGED => {
-                let (s, cents) = subscription(ev)?;
+            RevenueInput::Subscription(s) => {
+                let (s, cents) = subscription(s)?;
                 Ok(match s.action {
                     SubscriptionAction::Started | SubscriptionAction::Renewed => {
                         Some((SOURCE_SUBSCRIPTION, cents, s.user_id))
@@ -85,22 +95,32 @@ impl RevenueTracking {
                     SubscriptionAction::Cancelled => None,
                 })
             }
-            streams::SALE_COMPLETED => {
-                let (s, cents) = sale(ev)?;
+            RevenueInput::Sale(s) => {
+                let (s, cents) = sale(s)?;
                 Ok(Some((
                     SOURCE_NFT_FEE,
                     bps_of(cents, self.nft_fee_bps),
                     s.seller_id,
                 )))
             }
-            _ => Err(unexpected_stream(ev, REVENUE_STREAMS)),
         }
     }
 }
 
-impl Handler for RevenueTracking {
-    fn step(&self, ev: &Event, _: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let Some((source, cents, user_id)) = self.revenue(ev)? else {
+impl TypedHandler for RevenueTracking {
+    type Input = RevenueInput;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        unexpected_stream(ev, Self::Input::STREAMS)
+    }
+
+    fn decide(
+        &self,
+        input: RevenueInput,
+        ev: &Event,
+        _: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let Some((source, cents, user_id)) = self.revenue(input)? else {
             return Ok(Step::nothing());
         };
         if cents == 0 {
@@ -129,7 +149,6 @@ impl Handler for RevenueTracking {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::handlers::financial::fixtures::*;
     use crate::handlers::testing::{args, done, poison_of};
     use crate::handlers::testing::{decode, event, event_at, group, json_event};

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::events::{SubscriptionAction, streams};
+use crate::events::{SubscriptionAction, SubscriptionChanged};
 use crate::group::GroupConfig;
 use crate::handler::{Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{deny_unknown_options, int_reply, round, unexpected_stream};
+use crate::handlers::typed::{Input, TypedHandler};
 
 /// `financial.subscriptions`: active subscribers and monthly recurring revenue (MRR).
 ///
@@ -46,12 +47,20 @@ impl Subscriptions {
     }
 }
 
-impl Handler for Subscriptions {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        if ev.stream != streams::SUBSCRIPTION_CHANGED {
-            return Err(unexpected_stream(ev, &[streams::SUBSCRIPTION_CHANGED]));
-        }
-        let (s, cents) = subscription(ev)?;
+impl TypedHandler for Subscriptions {
+    type Input = SubscriptionChanged;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        unexpected_stream(ev, Self::Input::STREAMS)
+    }
+
+    fn decide(
+        &self,
+        s: SubscriptionChanged,
+        _: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let (s, cents) = subscription(s)?;
         let u = &s.user_id;
         let active = s.action != SubscriptionAction::Cancelled;
         if rounds.is_empty() {
@@ -96,6 +105,7 @@ impl Handler for Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::streams;
 
     use crate::handlers::financial::fixtures::*;
     use crate::handlers::testing::{args, done, more, poison_of};

@@ -9,6 +9,7 @@ use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
     deny_unknown_options, group_does_not_read, reply_int, unexpected_rounds,
 };
+use crate::handlers::typed::{TypedHandler, input};
 
 /// Every achievement `gamification.achievements` can unlock.
 pub const ACHIEVEMENTS: [&str; 7] = [
@@ -36,6 +37,15 @@ pub fn achievements_key(user: &str) -> String {
 /// `astra:gamification:trade_stats:<user>`, fields `trades` (count) and `volume_cents`.
 pub fn trade_stats_key(user: &str) -> String {
     format!("astra:gamification:trade_stats:{user}")
+}
+
+input! {
+    /// What `gamification.achievements` reads.
+    pub enum AchievementsInput {
+        streams::XP_AWARDED => Xp(XpAwarded),
+        streams::LEVEL_UP => LevelUp(LevelUp),
+        streams::TRADE_EXECUTED => Trade(TradeExecuted),
+    }
 }
 
 /// `gamification.achievements`: unlocks achievements, each once per user.
@@ -135,11 +145,21 @@ impl Achievements {
     }
 }
 
-impl Handler for Achievements {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        match ev.stream.as_str() {
-            streams::TRADE_EXECUTED => {
-                let t: TradeExecuted = ev.payload()?;
+impl TypedHandler for Achievements {
+    type Input = AchievementsInput;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        group_does_not_read(Self::NAME, ev)
+    }
+
+    fn decide(
+        &self,
+        input: AchievementsInput,
+        _: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        match input {
+            AchievementsInput::Trade(t) => {
                 let notional = trade_notional_cents(&t)?;
                 if rounds.is_empty() {
                     let key = trade_stats_key(&t.user_id);
@@ -153,19 +173,16 @@ impl Handler for Achievements {
                 let candidates = Self::trade_candidates(trades, volume, notional);
                 Self::unlock(&t.user_id, &candidates, rounds, 1)
             }
-            streams::LEVEL_UP => {
-                let l: LevelUp = ev.payload()?;
+            AchievementsInput::LevelUp(l) => {
                 check_level_up(&l)?;
                 Self::unlock(&l.user_id, &Self::level_candidates(l.from, l.to), rounds, 0)
             }
-            streams::XP_AWARDED => {
-                let x: XpAwarded = ev.payload()?;
+            AchievementsInput::Xp(x) => {
                 check_xp_awarded(&x)?;
                 let crossed = x.total - x.amount < XP_10K && XP_10K <= x.total;
                 let candidates: &[&'static str] = if crossed { &["xp_10k"] } else { &[] };
                 Self::unlock(&x.user_id, candidates, rounds, 0)
             }
-            _ => Err(group_does_not_read(Self::NAME, ev)),
         }
     }
 }
@@ -173,7 +190,6 @@ impl Handler for Achievements {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::handlers::gamification::fixtures::*;
     use crate::handlers::testing::{args, done, more, poison_of as poison_reason};
     use crate::handlers::testing::{decode, event, group, int, json_event};

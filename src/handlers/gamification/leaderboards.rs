@@ -12,6 +12,7 @@ use crate::handlers::support::{
     ANY_DURATION, deny_unknown_options, duration_option, expire_secs, group_does_not_read,
     positive_option, reply, reply_int, reply_score, unexpected_rounds,
 };
+use crate::handlers::typed::TypedHandler;
 
 /// A leaderboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,12 +156,19 @@ impl Leaderboards {
     }
 }
 
-impl Handler for Leaderboards {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        if ev.stream != streams::XP_AWARDED {
-            return Err(group_does_not_read(Self::NAME, ev));
-        }
-        let x: XpAwarded = ev.payload()?;
+impl TypedHandler for Leaderboards {
+    type Input = XpAwarded;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        group_does_not_read(Self::NAME, ev)
+    }
+
+    fn decide(
+        &self,
+        x: XpAwarded,
+        ev: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
         check_xp_awarded(&x)?;
         if x.amount == 0 {
             return Ok(Step::nothing());

@@ -10,6 +10,7 @@ use crate::handlers::support::{
     deny_unknown_options, group_does_not_read, option, positive_option, reply_int,
     require_non_empty, unexpected_rounds,
 };
+use crate::handlers::typed::{TypedHandler, input};
 
 /// Hash `user_id → total XP`, written by `gamification.xp_processing`.
 pub fn xp_key() -> String {
@@ -23,6 +24,14 @@ pub fn interaction_xp(kind: InteractionKind) -> i64 {
         InteractionKind::Comment => 2,
         InteractionKind::Share => 3,
         InteractionKind::Follow => 1,
+    }
+}
+
+input! {
+    /// What `gamification.xp_processing` reads.
+    pub enum XpInput {
+        streams::TRADE_EXECUTED => Trade(TradeExecuted),
+        streams::INTERACTION => Interaction(Interaction),
     }
 }
 
@@ -86,27 +95,35 @@ impl XpProcessing {
     }
 
     /// (user, amount, reason) of the award an event earns.
-    fn award(&self, ev: &Event) -> Result<(String, i64, &'static str), HandlerError> {
-        match ev.stream.as_str() {
-            streams::TRADE_EXECUTED => {
-                let t: TradeExecuted = ev.payload()?;
+    fn award(&self, input: XpInput) -> Result<(String, i64, &'static str), HandlerError> {
+        match input {
+            XpInput::Trade(t) => {
                 let notional = trade_notional_cents(&t)?;
                 Ok((t.user_id, self.trade_xp(notional), "trade"))
             }
-            streams::INTERACTION => {
-                let i: Interaction = ev.payload()?;
+            XpInput::Interaction(i) => {
                 require_non_empty("user_id", &i.user_id)?;
                 require_non_empty("target_user_id", &i.target_user_id)?;
                 Ok((i.user_id, interaction_xp(i.kind), i.kind.as_str()))
             }
-            _ => Err(group_does_not_read(Self::NAME, ev)),
         }
     }
 }
 
-impl Handler for XpProcessing {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let (user, amount, reason) = self.award(ev)?;
+impl TypedHandler for XpProcessing {
+    type Input = XpInput;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        group_does_not_read(Self::NAME, ev)
+    }
+
+    fn decide(
+        &self,
+        input: XpInput,
+        _: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let (user, amount, reason) = self.award(input)?;
         if amount <= 0 {
             return Ok(Step::nothing());
         }
@@ -147,7 +164,6 @@ impl Handler for XpProcessing {
 #[cfg(test)]
 mod tests {
     use super::*;
-
     use crate::handlers::gamification::fixtures::*;
     use crate::handlers::testing::{args, done, more, poison_of as poison_reason};
     use crate::handlers::testing::{decode, event, group, int, json_event};

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::events::{SaleCompleted, streams, usd_to_cents};
+use crate::events::{SaleCompleted, usd_to_cents};
 use crate::group::GroupConfig;
 use crate::handler::{Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
-    deny_unknown_options, non_empty, not_read_by_this_handler, option, poison, reply_int,
-    too_many_rounds,
+    deny_unknown_options, non_empty, option, poison, reply_int, too_many_rounds,
 };
+use crate::handlers::typed::TypedHandler;
 
 /// The window of the "24h low" statistic.
 pub const LOW_WINDOW_MS: i64 = 24 * 3_600_000;
@@ -72,12 +72,15 @@ fn sale_cents(s: &SaleCompleted) -> Result<i64, HandlerError> {
     }
 }
 
-impl Handler for Marketplace {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        if ev.stream != streams::SALE_COMPLETED {
-            return Err(not_read_by_this_handler(ev));
-        }
-        let sale: SaleCompleted = ev.payload()?;
+impl TypedHandler for Marketplace {
+    type Input = SaleCompleted;
+
+    fn decide(
+        &self,
+        sale: SaleCompleted,
+        ev: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
         let cents = sale_cents(&sale)?;
         let sales = collection_sales_key(&sale.collection);
         match rounds.len() {
@@ -180,6 +183,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::streams;
     use crate::handlers::nft::fixtures::*;
     use crate::handlers::testing::{event_at, group, int, json_event};
 

@@ -7,9 +7,17 @@ use crate::events::{AchievementUnlocked, LevelUp, RewardIssued, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
-    deny_unknown_options, non_empty, not_read_by_this_handler, option, poison, reply_int,
-    too_many_rounds,
+    deny_unknown_options, non_empty, option, poison, reply_int, too_many_rounds,
 };
+use crate::handlers::typed::{TypedHandler, input};
+
+input! {
+    /// What `nft.reward_distribution` reads.
+    pub enum RewardInput {
+        streams::ACHIEVEMENT_UNLOCKED => Achievement(AchievementUnlocked),
+        streams::LEVEL_UP => LevelUp(LevelUp),
+    }
+}
 
 /// `nft.reward_distribution`: issues badge rewards for levels and achievements, at most
 /// once per (user, reward).
@@ -69,10 +77,9 @@ impl RewardDistribution {
     }
 
     /// The user and the (reward, reason) pairs the event grants, before de-duplication.
-    fn grants(&self, ev: &Event) -> Result<(String, Vec<(String, String)>), HandlerError> {
-        match ev.stream.as_str() {
-            streams::LEVEL_UP => {
-                let p: LevelUp = ev.payload()?;
+    fn grants(&self, input: RewardInput) -> Result<(String, Vec<(String, String)>), HandlerError> {
+        match input {
+            RewardInput::LevelUp(p) => {
                 non_empty("user_id", &p.user_id)?;
                 if p.to <= p.from {
                     return Err(poison(format!(
@@ -88,8 +95,7 @@ impl RewardDistribution {
                     .collect();
                 Ok((p.user_id, grants))
             }
-            streams::ACHIEVEMENT_UNLOCKED => {
-                let p: AchievementUnlocked = ev.payload()?;
+            RewardInput::Achievement(p) => {
                 non_empty("user_id", &p.user_id)?;
                 non_empty("achievement", &p.achievement)?;
                 Ok((
@@ -97,14 +103,20 @@ impl RewardDistribution {
                     vec![(format!("{}_badge", p.achievement), p.achievement)],
                 ))
             }
-            _ => Err(not_read_by_this_handler(ev)),
         }
     }
 }
 
-impl Handler for RewardDistribution {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let (user, grants) = self.grants(ev)?;
+impl TypedHandler for RewardDistribution {
+    type Input = RewardInput;
+
+    fn decide(
+        &self,
+        input: RewardInput,
+        _: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let (user, grants) = self.grants(input)?;
         if grants.is_empty() {
             return Ok(Step::nothing());
         }

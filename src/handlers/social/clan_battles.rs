@@ -12,6 +12,7 @@ use crate::handlers::support::{
     ANY_DURATION, deny_unknown_options, duration_option, expire_secs, group_does_not_read, reply,
     reply_score, require_non_empty, unexpected_rounds,
 };
+use crate::handlers::typed::{TypedHandler, input};
 
 /// Hash `user_id → clan` of registered users that have a clan: `astra:social:clan_of`.
 pub fn clan_membership_key() -> String {
@@ -22,6 +23,14 @@ pub fn clan_membership_key() -> String {
 /// `astra:social:clan_scores:2026-W47`.
 pub fn clan_scores_key(week: &str) -> String {
     format!("astra:social:clan_scores:{week}")
+}
+
+input! {
+    /// What `social.clan_battles` reads.
+    pub enum ClanInput {
+        streams::XP_AWARDED => Xp(XpAwarded),
+        streams::REGISTERED => Registered(UserRegistered),
+    }
 }
 
 /// `social.clan_battles`: weekly clan scores from the XP of clan members.
@@ -67,11 +76,21 @@ impl ClanBattles {
     }
 }
 
-impl Handler for ClanBattles {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        match ev.stream.as_str() {
-            streams::REGISTERED => {
-                let u: UserRegistered = ev.payload()?;
+impl TypedHandler for ClanBattles {
+    type Input = ClanInput;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        group_does_not_read(Self::NAME, ev)
+    }
+
+    fn decide(
+        &self,
+        input: ClanInput,
+        ev: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        match input {
+            ClanInput::Registered(u) => {
                 require_non_empty("user_id", &u.user_id)?;
                 let Some(clan) = u.clan else {
                     return Ok(Step::nothing());
@@ -85,8 +104,7 @@ impl Handler for ClanBattles {
                     emit: vec![],
                 })
             }
-            streams::XP_AWARDED => {
-                let x: XpAwarded = ev.payload()?;
+            ClanInput::Xp(x) => {
                 check_xp_awarded(&x)?;
                 if x.amount == 0 {
                     return Ok(Step::nothing());
@@ -128,7 +146,6 @@ impl Handler for ClanBattles {
                     _ => Err(unexpected_rounds(Self::NAME, rounds)),
                 }
             }
-            _ => Err(group_does_not_read(Self::NAME, ev)),
         }
     }
 }

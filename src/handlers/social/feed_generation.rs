@@ -12,6 +12,7 @@ use crate::handlers::support::{
     deny_unknown_options, group_does_not_read, option, positive_option, require_non_empty,
     unexpected_rounds,
 };
+use crate::handlers::typed::{TypedHandler, input};
 
 /// List of the newest feed items of everyone (JSON [`FeedItem`]s, newest first):
 /// `astra:social:feed:global`.
@@ -50,6 +51,15 @@ fn fmt_usd(cents: i64) -> String {
         grouped.push(c);
     }
     format!("${grouped}.{:02}", cents % 100)
+}
+
+input! {
+    /// What `social.feed_generation` reads.
+    pub enum FeedInput {
+        streams::ACHIEVEMENT_UNLOCKED => Achievement(AchievementUnlocked),
+        streams::LEVEL_UP => LevelUp(LevelUp),
+        streams::TRADE_EXECUTED => Trade(TradeExecuted),
+    }
 }
 
 /// `social.feed_generation`: global and per-user activity feeds.
@@ -102,23 +112,23 @@ impl FeedGeneration {
     }
 
     /// (user, kind, text) of the item an event makes, None if it makes none.
-    fn item(&self, ev: &Event) -> Result<Option<(String, &'static str, String)>, HandlerError> {
-        match ev.stream.as_str() {
-            streams::ACHIEVEMENT_UNLOCKED => {
-                let a: AchievementUnlocked = ev.payload()?;
+    fn item(
+        &self,
+        input: FeedInput,
+    ) -> Result<Option<(String, &'static str, String)>, HandlerError> {
+        match input {
+            FeedInput::Achievement(a) => {
                 require_non_empty("user_id", &a.user_id)?;
                 require_non_empty("achievement", &a.achievement)?;
                 let text = format!("{} unlocked the achievement {}", a.user_id, a.achievement);
                 Ok(Some((a.user_id, "achievement", text)))
             }
-            streams::LEVEL_UP => {
-                let l: LevelUp = ev.payload()?;
+            FeedInput::LevelUp(l) => {
                 check_level_up(&l)?;
                 let text = format!("{} reached level {}", l.user_id, l.to);
                 Ok(Some((l.user_id, "level_up", text)))
             }
-            streams::TRADE_EXECUTED => {
-                let t: TradeExecuted = ev.payload()?;
+            FeedInput::Trade(t) => {
                 let notional = trade_notional_cents(&t)?;
                 require_non_empty("symbol", &t.symbol)?;
                 if notional < self.large_trade_cents {
@@ -137,14 +147,24 @@ impl FeedGeneration {
                 );
                 Ok(Some((t.user_id, "large_trade", text)))
             }
-            _ => Err(group_does_not_read(Self::NAME, ev)),
         }
     }
 }
 
-impl Handler for FeedGeneration {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let Some((user, kind, text)) = self.item(ev)? else {
+impl TypedHandler for FeedGeneration {
+    type Input = FeedInput;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        group_does_not_read(Self::NAME, ev)
+    }
+
+    fn decide(
+        &self,
+        input: FeedInput,
+        ev: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let Some((user, kind, text)) = self.item(input)? else {
             return Ok(Step::nothing());
         };
         if !rounds.is_empty() {

@@ -11,6 +11,7 @@ use crate::handlers::support::{
     deny_unknown_options, group_does_not_read, option, reply_score, require_non_empty,
     unexpected_rounds,
 };
+use crate::handlers::typed::TypedHandler;
 
 /// Sorted set `user_id → influence score`: `astra:social:influence`.
 pub fn influence_key() -> String {
@@ -89,12 +90,19 @@ impl Influence {
     }
 }
 
-impl Handler for Influence {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        if ev.stream != streams::INTERACTION {
-            return Err(group_does_not_read(Self::NAME, ev));
-        }
-        let i: Interaction = ev.payload()?;
+impl TypedHandler for Influence {
+    type Input = Interaction;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        group_does_not_read(Self::NAME, ev)
+    }
+
+    fn decide(
+        &self,
+        i: Interaction,
+        _: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
         require_non_empty("user_id", &i.user_id)?;
         require_non_empty("target_user_id", &i.target_user_id)?;
         let delta = self.weights.of(i.kind);

@@ -6,10 +6,13 @@ use super::{
     STATS_TRADES, STATS_VOLUME_CENTS, UNITS_PER_QUANTITY, last_trade_key, last_trade_member,
     positions_key, stats_key, validate_trade,
 };
-use crate::events::{PositionUpdated, Side, streams};
+use crate::events::{PositionUpdated, Side, TradeExecuted, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
-use crate::handlers::support::{deny_unknown_options, int_reply, require_publishes, round};
+use crate::handlers::support::{
+    deny_unknown_options, int_reply, require_publishes, round, unexpected_stream,
+};
+use crate::handlers::typed::{Input, TypedHandler};
 
 /// `trading.internal_processing`: per-user trade statistics and net positions.
 ///
@@ -39,9 +42,20 @@ impl InternalProcessing {
     }
 }
 
-impl Handler for InternalProcessing {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let v = validate_trade(ev)?;
+impl TypedHandler for InternalProcessing {
+    type Input = TradeExecuted;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        unexpected_stream(ev, Self::Input::STREAMS)
+    }
+
+    fn decide(
+        &self,
+        t: TradeExecuted,
+        ev: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let v = validate_trade(t)?;
         let t = &v.trade;
         let signed_units = match t.side {
             Side::Buy => v.units,

@@ -7,10 +7,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::events::{TradeExecuted, notional_cents, streams, usd_to_cents};
-use crate::handler::{Event, HandlerError};
+use crate::events::{TradeExecuted, notional_cents, usd_to_cents};
+use crate::handler::HandlerError;
 use crate::handlers::registry::Constructor;
-use crate::handlers::support::{non_empty, poison, unexpected_stream};
+use crate::handlers::support::{non_empty, poison};
 
 pub mod internal_processing;
 pub mod risk_management;
@@ -114,16 +114,12 @@ pub struct ValidTrade {
     pub fee_cents: Option<i64>,
 }
 
-/// Decodes and checks a `astra.trading.trade_executed.v1` event. Poison (with the field
-/// named) when: the stream is another one; `trade_id`, `user_id` or `symbol` is empty;
+/// Checks a decoded `astra.trading.trade_executed.v1` payload. Poison (with the field
+/// named) when: `trade_id`, `user_id` or `symbol` is empty;
 /// `quantity` is not a finite number > 0 or is finer than 10^-8 or above 9×10^10;
 /// `price_usd` is not a finite number ≥ 0; `fee_usd` is present but not a finite number
 /// ≥ 0; or the notional exceeds 10^13 USD.
-pub fn validate_trade(ev: &Event) -> Result<ValidTrade, HandlerError> {
-    if ev.stream != streams::TRADE_EXECUTED {
-        return Err(unexpected_stream(ev, &[streams::TRADE_EXECUTED]));
-    }
-    let t: TradeExecuted = ev.payload()?;
+pub fn validate_trade(t: TradeExecuted) -> Result<ValidTrade, HandlerError> {
     non_empty("trade_id", &t.trade_id)?;
     non_empty("user_id", &t.user_id)?;
     non_empty("symbol", &t.symbol)?;
@@ -221,7 +217,8 @@ pub(crate) mod fixtures {
 mod tests {
     use super::*;
     use crate::events::Side;
-    use crate::handlers::testing::{event, json_event};
+    use crate::events::streams;
+    use crate::handlers::testing::json_event;
     use fixtures::trade;
 
     // ----- validation -----
@@ -230,15 +227,11 @@ mod tests {
     fn validation_converts_amounts_to_integers() {
         let mut t = trade("t1", Side::Buy, 0.5, 101.01);
         t.fee_usd = Some(0.125);
-        let v = validate_trade(&event(streams::TRADE_EXECUTED, &t)).unwrap();
+        let v = validate_trade(t).unwrap();
         assert_eq!(v.notional_cents, 5051);
         assert_eq!(v.units, 50_000_000);
         assert_eq!(v.fee_cents, Some(13));
-        let v = validate_trade(&event(
-            streams::TRADE_EXECUTED,
-            &trade("t", Side::Sell, 1e-8, 1.0),
-        ))
-        .unwrap();
+        let v = validate_trade(trade("t", Side::Sell, 1e-8, 1.0)).unwrap();
         assert_eq!(v.units, 1);
         assert_eq!(v.fee_cents, None);
     }
@@ -249,7 +242,7 @@ mod tests {
             streams::TRADE_EXECUTED,
             r#"{"trade_id":"t9","user_id":"u1","symbol":"ETH","side":"sell","quantity":2,"price_usd":1500.5,"fee_usd":3}"#,
         );
-        let v = validate_trade(&e).unwrap();
+        let v = validate_trade(e.payload().unwrap()).unwrap();
         assert_eq!(v.notional_cents, 300_100);
         assert_eq!(v.units, 200_000_000);
         assert_eq!(v.fee_cents, Some(300));

@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use super::{exposure_key, exposure_member, validate_trade};
-use crate::events::{RiskAlert, streams};
+use crate::events::{RiskAlert, TradeExecuted, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
     WINDOW, deny_unknown_options, duration_option, int_reply, option, poison, require_publishes,
-    round,
+    round, unexpected_stream,
 };
+use crate::handlers::typed::{Input, TypedHandler};
 
 /// `trading.risk_management`: rolling per-user gross exposure with a limit.
 ///
@@ -70,9 +71,20 @@ impl RiskManagement {
     }
 }
 
-impl Handler for RiskManagement {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let v = validate_trade(ev)?;
+impl TypedHandler for RiskManagement {
+    type Input = TradeExecuted;
+
+    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
+        unexpected_stream(ev, Self::Input::STREAMS)
+    }
+
+    fn decide(
+        &self,
+        t: TradeExecuted,
+        ev: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let v = validate_trade(t)?;
         let t = &v.trade;
         let ts = ev.env.ts;
         let key = exposure_key(&t.user_id);

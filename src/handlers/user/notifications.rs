@@ -6,7 +6,17 @@ use std::sync::Arc;
 use crate::events::{AchievementUnlocked, LevelUp, NotificationRequested, RewardIssued, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Reply, Step};
-use crate::handlers::support::{deny_unknown_options, non_empty, not_read_by_this_handler, poison};
+use crate::handlers::support::{deny_unknown_options, non_empty, poison};
+use crate::handlers::typed::{TypedHandler, input};
+
+input! {
+    /// What `user.notifications` reads.
+    pub enum NotificationInput {
+        streams::ACHIEVEMENT_UNLOCKED => Achievement(AchievementUnlocked),
+        streams::REWARD_ISSUED => Reward(RewardIssued),
+        streams::LEVEL_UP => LevelUp(LevelUp),
+    }
+}
 
 /// `user.notifications`: asks the notification service to tell a user about an
 /// achievement, a reward or a level-up.
@@ -39,17 +49,23 @@ impl Notifications {
     }
 }
 
-impl Handler for Notifications {
-    fn step(&self, ev: &Event, _rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
+impl TypedHandler for Notifications {
+    type Input = NotificationInput;
+
+    fn decide(
+        &self,
+        input: NotificationInput,
+        _: &Event,
+        _: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
         let params = |pairs: &[(&str, String)]| -> BTreeMap<String, String> {
             pairs
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.clone()))
                 .collect()
         };
-        let n = match ev.stream.as_str() {
-            streams::ACHIEVEMENT_UNLOCKED => {
-                let p: AchievementUnlocked = ev.payload()?;
+        let n = match input {
+            NotificationInput::Achievement(p) => {
                 non_empty("user_id", &p.user_id)?;
                 non_empty("achievement", &p.achievement)?;
                 NotificationRequested {
@@ -58,8 +74,7 @@ impl Handler for Notifications {
                     params: params(&[("achievement", p.achievement)]),
                 }
             }
-            streams::REWARD_ISSUED => {
-                let p: RewardIssued = ev.payload()?;
+            NotificationInput::Reward(p) => {
                 non_empty("user_id", &p.user_id)?;
                 non_empty("reward", &p.reward)?;
                 NotificationRequested {
@@ -68,8 +83,7 @@ impl Handler for Notifications {
                     params: params(&[("reward", p.reward), ("reason", p.reason)]),
                 }
             }
-            streams::LEVEL_UP => {
-                let p: LevelUp = ev.payload()?;
+            NotificationInput::LevelUp(p) => {
                 non_empty("user_id", &p.user_id)?;
                 if p.to <= p.from {
                     return Err(poison(format!(
@@ -83,7 +97,6 @@ impl Handler for Notifications {
                     params: params(&[("from", p.from.to_string()), ("to", p.to.to_string())]),
                 }
             }
-            _ => return Err(not_read_by_this_handler(ev)),
         };
         Ok(Step::Done {
             ops: vec![],

@@ -10,7 +10,8 @@ use crate::events::{
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::gamification::level_for_xp;
-use crate::handlers::support::{deny_unknown_options, non_empty, not_read_by_this_handler, poison};
+use crate::handlers::support::{deny_unknown_options, non_empty, poison};
+use crate::handlers::typed::{TypedHandler, input};
 
 /// `user.profile_updates`: the profile projection, one hash per user, and a
 /// `user.profile_updated` event with the profile after every change.
@@ -66,10 +67,19 @@ enum Change {
     LevelUp,
 }
 
-fn decode_change(ev: &Event) -> Result<(String, Change), HandlerError> {
-    match ev.stream.as_str() {
-        streams::REGISTERED => {
-            let p: UserRegistered = ev.payload()?;
+input! {
+    /// What `user.profile_updates` reads.
+    pub enum ProfileInput {
+        streams::XP_AWARDED => Xp(XpAwarded),
+        streams::LEVEL_UP => LevelUp(LevelUp),
+        streams::ACHIEVEMENT_UNLOCKED => Achievement(AchievementUnlocked),
+        streams::REGISTERED => Registered(UserRegistered),
+    }
+}
+
+fn decode_change(input: ProfileInput) -> Result<(String, Change), HandlerError> {
+    match input {
+        ProfileInput::Registered(p) => {
             non_empty("user_id", &p.user_id)?;
             non_empty("display_name", &p.display_name)?;
             if let Some(c) = &p.clan {
@@ -83,8 +93,7 @@ fn decode_change(ev: &Event) -> Result<(String, Change), HandlerError> {
                 },
             ))
         }
-        streams::XP_AWARDED => {
-            let p: XpAwarded = ev.payload()?;
+        ProfileInput::Xp(p) => {
             non_empty("user_id", &p.user_id)?;
             if p.amount < 0 {
                 return Err(poison(format!(
@@ -100,18 +109,15 @@ fn decode_change(ev: &Event) -> Result<(String, Change), HandlerError> {
                 },
             ))
         }
-        streams::ACHIEVEMENT_UNLOCKED => {
-            let p: AchievementUnlocked = ev.payload()?;
+        ProfileInput::Achievement(p) => {
             non_empty("user_id", &p.user_id)?;
             non_empty("achievement", &p.achievement)?;
             Ok((p.user_id, Change::Achievement))
         }
-        streams::LEVEL_UP => {
-            let p: LevelUp = ev.payload()?;
+        ProfileInput::LevelUp(p) => {
             non_empty("user_id", &p.user_id)?;
             Ok((p.user_id, Change::LevelUp))
         }
-        _ => Err(not_read_by_this_handler(ev)),
     }
 }
 
@@ -150,9 +156,16 @@ fn count_field(m: &BTreeMap<String, String>, field: &str) -> Result<i64, Handler
     }
 }
 
-impl Handler for ProfileUpdates {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let (user, change) = decode_change(ev)?;
+impl TypedHandler for ProfileUpdates {
+    type Input = ProfileInput;
+
+    fn decide(
+        &self,
+        input: ProfileInput,
+        _: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let (user, change) = decode_change(input)?;
         let key = profile_key(&user);
         match rounds.len() {
             0 => {
