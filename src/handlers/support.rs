@@ -1,5 +1,6 @@
 //! What every handler file shares: reading options, checking payload fields, reading the
-//! replies of earlier rounds, and the poison reasons for events a handler cannot take.
+//! replies of earlier rounds. (The poison for a stream a handler does not read is
+//! [`crate::handlers::typed::Reject`].)
 //!
 //! Each helper keeps the exact wording its handlers have always used: the reasons end up
 //! in dead letters (`dlq_error`) and in the tests, so two domains that word a thing
@@ -9,7 +10,7 @@ use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use crate::group::GroupConfig;
-use crate::handler::{Event, HandlerError, Reply};
+use crate::handler::{HandlerError, Reply};
 
 // ---------------------------------------------------------------------------------------
 // Options (checked when the handler is built, so `astra-bus check` reports them)
@@ -139,30 +140,8 @@ pub(crate) fn require_non_empty(field: &str, value: &str) -> Result<(), HandlerE
 }
 
 // ---------------------------------------------------------------------------------------
-// Events a handler cannot take
+// Rounds a handler never asks for
 // ---------------------------------------------------------------------------------------
-
-/// `group <group> does not read stream <stream>` (gamification, social).
-pub(crate) fn group_does_not_read(group: &str, ev: &Event) -> HandlerError {
-    HandlerError::Poison(format!("group {group} does not read stream {}", ev.stream))
-}
-
-/// `unexpected stream <stream> (this group reads <expected>)` (trading, financial).
-pub(crate) fn unexpected_stream(ev: &Event, expected: &[&str]) -> HandlerError {
-    poison(format!(
-        "unexpected stream {} (this group reads {})",
-        ev.stream,
-        expected.join(", ")
-    ))
-}
-
-/// ``stream `<stream>` is not read by this handler`` (nft, user, analytics).
-pub(crate) fn not_read_by_this_handler(ev: &Event) -> HandlerError {
-    poison(format!(
-        "stream `{}` is not read by this handler",
-        ev.stream
-    ))
-}
 
 /// Poison: `step` was called with more rounds than this event's plan has (gamification,
 /// social).
@@ -206,12 +185,7 @@ pub(crate) fn reply_int(
     i: usize,
     what: &str,
 ) -> Result<i64, HandlerError> {
-    let rep = reply(rounds, r, i, what)?;
-    rep.as_int().ok_or_else(|| {
-        HandlerError::Poison(format!(
-            "round {r}: reply {i} ({what}) is not an integer: {rep:?}"
-        ))
-    })
+    reply_as(rounds, (r, i, what), "an integer", Reply::as_int)
 }
 
 /// An integral sorted-set score (`ZINCRBY` replies a decimal string such as `"12"`).
@@ -221,18 +195,28 @@ pub(crate) fn reply_score(
     i: usize,
     what: &str,
 ) -> Result<i64, HandlerError> {
-    let rep = reply(rounds, r, i, what)?;
-    rep.as_int()
-        .or_else(|| {
+    reply_as(rounds, (r, i, what), "a score", |rep| {
+        rep.as_int().or_else(|| {
             rep.as_f64()
                 .filter(|f| f.is_finite())
                 .map(|f| f.round() as i64)
         })
-        .ok_or_else(|| {
-            HandlerError::Poison(format!(
-                "round {r}: reply {i} ({what}) is not a score: {rep:?}"
-            ))
-        })
+    })
+}
+
+/// Reply `i` of round `r` read with `read`; poison naming `kind` when it does not fit.
+fn reply_as(
+    rounds: &[Vec<Reply>],
+    (r, i, what): (usize, usize, &str),
+    kind: &str,
+    read: impl Fn(&Reply) -> Option<i64>,
+) -> Result<i64, HandlerError> {
+    let rep = reply(rounds, r, i, what)?;
+    read(rep).ok_or_else(|| {
+        HandlerError::Poison(format!(
+            "round {r}: reply {i} ({what}) is not {kind}: {rep:?}"
+        ))
+    })
 }
 
 /// The replies of round `i`, which must be `len` of them, or a poison error naming what

@@ -102,6 +102,11 @@ pub fn poison_of(r: Result<Step, HandlerError>) -> String {
     }
 }
 
+/// An op as (command, key, arguments as text), to compare with what a test expects.
+pub fn op_text(op: &Op) -> (&'static str, String, Vec<String>) {
+    (op.cmd(), op.key().to_string(), args(op))
+}
+
 /// An op's arguments as text.
 pub fn args(op: &Op) -> Vec<String> {
     op.args()

@@ -21,7 +21,7 @@
 //!
 //! Every [`TypedHandler`] is a [`Handler`] (blanket implementation): the runtime keeps
 //! calling [`Handler::step`], which decodes with [`Input::decode`], rejects a stream
-//! outside [`Input::STREAMS`] with [`TypedHandler::unexpected_stream`] and hands the
+//! outside [`Input::STREAMS`] with the handler's [`Reject`] wording and hands the
 //! rest to [`TypedHandler::decide`]. A payload that does not decode is poison naming the
 //! field, as [`Event::payload`] words it. A payload type read on its own (`type Input =
 //! TradeExecuted`) is read from its own stream (the impls at the end of this file); a
@@ -34,7 +34,7 @@ use crate::events::{
     Interaction, SaleCompleted, SubscriptionChanged, TradeExecuted, XpAwarded, streams,
 };
 use crate::handler::{Event, Handler, HandlerError, Reply, Step};
-use crate::handlers::support::not_read_by_this_handler;
+use crate::handlers::support::poison;
 
 /// What one handler reads, decoded: usually an enum with one variant per stream, declared
 /// with [`input!`].
@@ -62,10 +62,36 @@ pub trait TypedHandler: Send + Sync + 'static {
         rounds: &[Vec<Reply>],
     ) -> Result<Step, HandlerError>;
 
-    /// The poison for an event on a stream outside [`Input::STREAMS`]. Domains word it
-    /// their own way (dead-letter readers and tests match on it), so some override this.
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        not_read_by_this_handler(ev)
+    /// How the poison for an event on a stream outside [`Input::STREAMS`] is worded.
+    const REJECT: Reject = Reject::NotRead;
+}
+
+/// How a handler words the poison for an event on a stream it does not read. Each domain
+/// has always worded it its own way, and dead-letter readers and tests match on the words,
+/// so the wordings are kept, each declared once here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    /// ``stream `<stream>` is not read by this handler`` (nft, user, analytics).
+    NotRead,
+    /// `group <group> does not read stream <stream>` (gamification, social).
+    Group(&'static str),
+    /// `unexpected stream <stream> (this group reads <the input's streams>)` (trading,
+    /// financial).
+    Listing,
+}
+
+impl Reject {
+    /// The poison for `ev`, read by a handler whose input comes from `reads`.
+    pub fn poison(self, ev: &Event, reads: &[&str]) -> HandlerError {
+        let stream = &ev.stream;
+        poison(match self {
+            Reject::NotRead => format!("stream `{stream}` is not read by this handler"),
+            Reject::Group(group) => format!("group {group} does not read stream {stream}"),
+            Reject::Listing => format!(
+                "unexpected stream {stream} (this group reads {})",
+                reads.join(", ")
+            ),
+        })
     }
 }
 
@@ -73,7 +99,7 @@ impl<T: TypedHandler> Handler for T {
     fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
         match T::Input::decode(ev) {
             Some(input) => self.decide(input?, ev, rounds),
-            None => Err(self.unexpected_stream(ev)),
+            None => Err(T::REJECT.poison(ev, T::Input::STREAMS)),
         }
     }
 }

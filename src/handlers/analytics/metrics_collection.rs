@@ -300,7 +300,7 @@ impl TypedHandler for MetricsCollection {
 mod tests {
     use super::*;
     use crate::events::{LevelUp, PositionUpdated, Side};
-    use crate::handlers::testing::{event, event_at, group, json_event};
+    use crate::handlers::testing::{event, event_at, group, json_event, op_text};
 
     fn metrics(options: &str) -> Arc<dyn Handler> {
         MetricsCollection::build(&group(
@@ -322,16 +322,7 @@ mod tests {
         // The all-time totals mirror the day hash; `totals_mirror_the_day_counters` checks them.
         ops.iter()
             .filter(|o| o.key() != total_key())
-            .map(|o| {
-                (
-                    o.cmd(),
-                    o.key().to_string(),
-                    o.args()
-                        .iter()
-                        .map(|a| String::from_utf8(a.clone()).unwrap())
-                        .collect(),
-                )
-            })
+            .map(op_text)
             .collect()
     }
 

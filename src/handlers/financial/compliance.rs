@@ -3,15 +3,14 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::events::{ComplianceFlagged, TradeExecuted, streams};
+use crate::events::{ComplianceFlagged, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
     WINDOW, deny_unknown_options, duration_option, int_reply, option, require_publishes, round,
-    unexpected_stream,
 };
-use crate::handlers::trading::validate_trade;
-use crate::handlers::typed::{Input, TypedHandler};
+use crate::handlers::trading::ValidTrade;
+use crate::handlers::typed::{Reject, TypedHandler};
 
 /// `financial.compliance`: flags large trades and high trading velocity.
 ///
@@ -73,19 +72,16 @@ impl Compliance {
 }
 
 impl TypedHandler for Compliance {
-    type Input = TradeExecuted;
+    type Input = ValidTrade;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        unexpected_stream(ev, Self::Input::STREAMS)
-    }
+    const REJECT: Reject = Reject::Listing;
 
     fn decide(
         &self,
-        t: TradeExecuted,
+        v: ValidTrade,
         ev: &Event,
         rounds: &[Vec<Reply>],
     ) -> Result<Step, HandlerError> {
-        let v = validate_trade(t)?;
         let t = &v.trade;
         let vkey = velocity_key(&t.user_id, velocity_bucket(ev.env.ts, self.window_ms));
         if rounds.is_empty() {

@@ -9,11 +9,9 @@ use crate::events::{
 };
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
-use crate::handlers::support::{
-    deny_unknown_options, option, require_publishes, unexpected_stream,
-};
+use crate::handlers::support::{deny_unknown_options, option, require_publishes};
 use crate::handlers::trading::validate_trade;
-use crate::handlers::typed::{Input, TypedHandler, input};
+use crate::handlers::typed::{Reject, TypedHandler, input};
 
 /// `financial.revenue_tracking`: revenue per UTC day and source.
 ///
@@ -110,9 +108,7 @@ impl RevenueTracking {
 impl TypedHandler for RevenueTracking {
     type Input = RevenueInput;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        unexpected_stream(ev, Self::Input::STREAMS)
-    }
+    const REJECT: Reject = Reject::Listing;
 
     fn decide(
         &self,

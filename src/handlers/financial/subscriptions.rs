@@ -6,8 +6,8 @@ use super::*;
 use crate::events::{SubscriptionAction, SubscriptionChanged};
 use crate::group::GroupConfig;
 use crate::handler::{Event, Handler, HandlerError, Op, Reply, Step};
-use crate::handlers::support::{deny_unknown_options, int_reply, round, unexpected_stream};
-use crate::handlers::typed::{Input, TypedHandler};
+use crate::handlers::support::{deny_unknown_options, int_reply, round};
+use crate::handlers::typed::{Reject, TypedHandler};
 
 /// `financial.subscriptions`: active subscribers and monthly recurring revenue (MRR).
 ///
@@ -50,9 +50,7 @@ impl Subscriptions {
 impl TypedHandler for Subscriptions {
     type Input = SubscriptionChanged;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        unexpected_stream(ev, Self::Input::STREAMS)
-    }
+    const REJECT: Reject = Reject::Listing;
 
     fn decide(
         &self,

@@ -6,10 +6,8 @@ use super::{check_level_up, check_xp_awarded, trade_notional_cents};
 use crate::events::{AchievementUnlocked, LevelUp, TradeExecuted, XpAwarded, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
-use crate::handlers::support::{
-    deny_unknown_options, group_does_not_read, reply_int, unexpected_rounds,
-};
-use crate::handlers::typed::{TypedHandler, input};
+use crate::handlers::support::{deny_unknown_options, reply_int, unexpected_rounds};
+use crate::handlers::typed::{Reject, TypedHandler, input};
 
 /// Every achievement `gamification.achievements` can unlock.
 pub const ACHIEVEMENTS: [&str; 7] = [
@@ -148,9 +146,7 @@ impl Achievements {
 impl TypedHandler for Achievements {
     type Input = AchievementsInput;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        group_does_not_read(Self::NAME, ev)
-    }
+    const REJECT: Reject = Reject::Group(Self::NAME);
 
     fn decide(
         &self,

@@ -9,10 +9,10 @@ use crate::events::{LeaderboardUpdated, XpAwarded, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
-    ANY_DURATION, deny_unknown_options, duration_option, expire_secs, group_does_not_read,
-    positive_option, reply, reply_int, reply_score, unexpected_rounds,
+    ANY_DURATION, deny_unknown_options, duration_option, expire_secs, positive_option, reply,
+    reply_int, reply_score, unexpected_rounds,
 };
-use crate::handlers::typed::TypedHandler;
+use crate::handlers::typed::{Reject, TypedHandler};
 
 /// A leaderboard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,9 +159,7 @@ impl Leaderboards {
 impl TypedHandler for Leaderboards {
     type Input = XpAwarded;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        group_does_not_read(Self::NAME, ev)
-    }
+    const REJECT: Reject = Reject::Group(Self::NAME);
 
     fn decide(
         &self,

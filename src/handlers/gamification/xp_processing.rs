@@ -7,10 +7,9 @@ use crate::events::{Interaction, InteractionKind, LevelUp, TradeExecuted, XpAwar
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
-    deny_unknown_options, group_does_not_read, option, positive_option, reply_int,
-    require_non_empty, unexpected_rounds,
+    deny_unknown_options, option, positive_option, reply_int, require_non_empty, unexpected_rounds,
 };
-use crate::handlers::typed::{TypedHandler, input};
+use crate::handlers::typed::{Reject, TypedHandler, input};
 
 /// Hash `user_id → total XP`, written by `gamification.xp_processing`.
 pub fn xp_key() -> String {
@@ -113,9 +112,7 @@ impl XpProcessing {
 impl TypedHandler for XpProcessing {
     type Input = XpInput;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        group_does_not_read(Self::NAME, ev)
-    }
+    const REJECT: Reject = Reject::Group(Self::NAME);
 
     fn decide(
         &self,

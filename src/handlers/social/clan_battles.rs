@@ -9,10 +9,10 @@ use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::gamification::check_xp_awarded;
 use crate::handlers::support::{
-    ANY_DURATION, deny_unknown_options, duration_option, expire_secs, group_does_not_read, reply,
-    reply_score, require_non_empty, unexpected_rounds,
+    ANY_DURATION, deny_unknown_options, duration_option, expire_secs, reply, reply_score,
+    require_non_empty, unexpected_rounds,
 };
-use crate::handlers::typed::{TypedHandler, input};
+use crate::handlers::typed::{Reject, TypedHandler, input};
 
 /// Hash `user_id → clan` of registered users that have a clan: `astra:social:clan_of`.
 pub fn clan_membership_key() -> String {
@@ -79,9 +79,7 @@ impl ClanBattles {
 impl TypedHandler for ClanBattles {
     type Input = ClanInput;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        group_does_not_read(Self::NAME, ev)
-    }
+    const REJECT: Reject = Reject::Group(Self::NAME);
 
     fn decide(
         &self,

@@ -9,10 +9,9 @@ use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::gamification::{check_level_up, trade_notional_cents};
 use crate::handlers::support::{
-    deny_unknown_options, group_does_not_read, option, positive_option, require_non_empty,
-    unexpected_rounds,
+    deny_unknown_options, option, positive_option, require_non_empty, unexpected_rounds,
 };
-use crate::handlers::typed::{TypedHandler, input};
+use crate::handlers::typed::{Reject, TypedHandler, input};
 
 /// List of the newest feed items of everyone (JSON [`FeedItem`]s, newest first):
 /// `astra:social:feed:global`.
@@ -154,9 +153,7 @@ impl FeedGeneration {
 impl TypedHandler for FeedGeneration {
     type Input = FeedInput;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        group_does_not_read(Self::NAME, ev)
-    }
+    const REJECT: Reject = Reject::Group(Self::NAME);
 
     fn decide(
         &self,

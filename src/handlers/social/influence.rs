@@ -8,10 +8,9 @@ use crate::events::{InfluenceUpdated, Interaction, InteractionKind, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
-    deny_unknown_options, group_does_not_read, option, reply_score, require_non_empty,
-    unexpected_rounds,
+    deny_unknown_options, option, reply_score, require_non_empty, unexpected_rounds,
 };
-use crate::handlers::typed::TypedHandler;
+use crate::handlers::typed::{Reject, TypedHandler};
 
 /// Sorted set `user_id → influence score`: `astra:social:influence`.
 pub fn influence_key() -> String {
@@ -93,9 +92,7 @@ impl Influence {
 impl TypedHandler for Influence {
     type Input = Interaction;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        group_does_not_read(Self::NAME, ev)
-    }
+    const REJECT: Reject = Reject::Group(Self::NAME);
 
     fn decide(
         &self,

@@ -3,16 +3,14 @@
 use std::sync::Arc;
 
 use super::{
-    STATS_TRADES, STATS_VOLUME_CENTS, UNITS_PER_QUANTITY, last_trade_key, last_trade_member,
-    positions_key, stats_key, validate_trade,
+    STATS_TRADES, STATS_VOLUME_CENTS, UNITS_PER_QUANTITY, ValidTrade, last_trade_key,
+    last_trade_member, positions_key, stats_key,
 };
-use crate::events::{PositionUpdated, Side, TradeExecuted, streams};
+use crate::events::{PositionUpdated, Side, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
-use crate::handlers::support::{
-    deny_unknown_options, int_reply, require_publishes, round, unexpected_stream,
-};
-use crate::handlers::typed::{Input, TypedHandler};
+use crate::handlers::support::{deny_unknown_options, int_reply, require_publishes, round};
+use crate::handlers::typed::{Reject, TypedHandler};
 
 /// `trading.internal_processing`: per-user trade statistics and net positions.
 ///
@@ -43,19 +41,16 @@ impl InternalProcessing {
 }
 
 impl TypedHandler for InternalProcessing {
-    type Input = TradeExecuted;
+    type Input = ValidTrade;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        unexpected_stream(ev, Self::Input::STREAMS)
-    }
+    const REJECT: Reject = Reject::Listing;
 
     fn decide(
         &self,
-        t: TradeExecuted,
+        v: ValidTrade,
         ev: &Event,
         rounds: &[Vec<Reply>],
     ) -> Result<Step, HandlerError> {
-        let v = validate_trade(t)?;
         let t = &v.trade;
         let signed_units = match t.side {
             Side::Buy => v.units,

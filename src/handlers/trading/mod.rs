@@ -8,9 +8,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::{TradeExecuted, notional_cents, usd_to_cents};
-use crate::handler::HandlerError;
+use crate::handler::{Event, HandlerError};
 use crate::handlers::registry::Constructor;
 use crate::handlers::support::{non_empty, poison};
+use crate::handlers::typed::Input;
 
 pub mod internal_processing;
 pub mod risk_management;
@@ -112,6 +113,17 @@ pub struct ValidTrade {
     pub units: i64,
     /// `fee_usd` in cents when the producer sent one.
     pub fee_cents: Option<i64>,
+}
+
+/// What the trade handlers read: a trade from `astra.trading.trade_executed.v1`, decoded
+/// and [`validate_trade`]d (so an invalid one is poison naming the field, before the
+/// handler runs).
+impl Input for ValidTrade {
+    const STREAMS: &'static [&'static str] = TradeExecuted::STREAMS;
+
+    fn decode(ev: &Event) -> Option<Result<Self, HandlerError>> {
+        TradeExecuted::decode(ev).map(|t| t.and_then(validate_trade))
+    }
 }
 
 /// Checks a decoded `astra.trading.trade_executed.v1` payload. Poison (with the field

@@ -2,15 +2,15 @@
 
 use std::sync::Arc;
 
-use super::{exposure_key, exposure_member, validate_trade};
-use crate::events::{RiskAlert, TradeExecuted, streams};
+use super::{ValidTrade, exposure_key, exposure_member};
+use crate::events::{RiskAlert, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
 use crate::handlers::support::{
     WINDOW, deny_unknown_options, duration_option, int_reply, option, poison, require_publishes,
-    round, unexpected_stream,
+    round,
 };
-use crate::handlers::typed::{Input, TypedHandler};
+use crate::handlers::typed::{Reject, TypedHandler};
 
 /// `trading.risk_management`: rolling per-user gross exposure with a limit.
 ///
@@ -72,19 +72,16 @@ impl RiskManagement {
 }
 
 impl TypedHandler for RiskManagement {
-    type Input = TradeExecuted;
+    type Input = ValidTrade;
 
-    fn unexpected_stream(&self, ev: &Event) -> HandlerError {
-        unexpected_stream(ev, Self::Input::STREAMS)
-    }
+    const REJECT: Reject = Reject::Listing;
 
     fn decide(
         &self,
-        t: TradeExecuted,
+        v: ValidTrade,
         ev: &Event,
         rounds: &[Vec<Reply>],
     ) -> Result<Step, HandlerError> {
-        let v = validate_trade(t)?;
         let t = &v.trade;
         let ts = ev.env.ts;
         let key = exposure_key(&t.user_id);

@@ -239,7 +239,7 @@ impl TypedHandler for ProfileUpdates {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{decode, event, group, int, json_event, text};
+    use crate::handlers::testing::{decode, event, group, int, json_event, op_text, text};
     use crate::handlers::user::fixtures::s;
 
     fn profiles() -> Arc<dyn Handler> {
@@ -274,18 +274,7 @@ mod tests {
             Step::More(ops) => ops,
             Step::Done { ops, .. } => ops,
         };
-        ops.iter()
-            .map(|o| {
-                (
-                    o.cmd(),
-                    o.key().to_string(),
-                    o.args()
-                        .iter()
-                        .map(|a| String::from_utf8(a.clone()).unwrap())
-                        .collect(),
-                )
-            })
-            .collect()
+        ops.iter().map(op_text).collect()
     }
 
     fn profile_of(step: &Step) -> ProfileUpdated {
