@@ -1,11 +1,13 @@
 //! One consumer group with every setting resolved: what `config` produces from the TOML,
 //! what the `bus` runs and what a handler is built from.
 //!
-//! It sits at the bottom of the crate (it imports nothing from it) so that `config`,
+//! It sits at the bottom of the crate (it imports only the stream names) so that `config`,
 //! `handlers` and `bus` can all name it without knowing each other; `config` re-exports
 //! it as `crate::config::GroupConfig`.
 
 use std::time::Duration;
+
+use crate::events::streams;
 
 /// Where a newly created group starts reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,4 +61,28 @@ pub struct GroupConfig {
     pub options: toml::Table,
     /// Where `options` starts, for the handler's error messages (`file:line:col`).
     pub options_origin: String,
+}
+
+impl Default for GroupConfig {
+    /// The settings a group has when neither it nor `[defaults]` sets them (the one place
+    /// these defaults are declared); name, handler, streams and options empty.
+    fn default() -> Self {
+        GroupConfig {
+            name: String::new(),
+            domain: String::new(),
+            handler: String::new(),
+            description: String::new(),
+            reads: vec![],
+            publishes: vec![],
+            batch_size: 100,
+            block: Duration::from_secs(2),
+            concurrency: 256,
+            claim_idle: Duration::from_secs(30),
+            max_deliveries: 5,
+            dead_letter_stream: streams::DEAD_LETTER.to_string(),
+            start_id: StartId::Beginning,
+            options: toml::Table::new(),
+            options_origin: String::new(),
+        }
+    }
 }

@@ -6,28 +6,20 @@ use serde::Serialize;
 use crate::envelope::ContentType;
 use crate::envelope::{Envelope, encode_msgpack, parse_stream_name};
 use crate::group::GroupConfig;
-use crate::group::StartId;
 use crate::handler::{Emit, Event, HandlerError, Op, Reply, Step};
 
 /// A group config for `handler`, publishing to `publishes`, with `options` parsed from
-/// TOML (e.g. `"limit_usd = 5"`).
+/// TOML (e.g. `"limit_usd = 5"`); every delivery setting at its default (the same
+/// defaults a configured group gets).
 pub fn group(name: &str, handler: &str, publishes: &[&str], options: &str) -> GroupConfig {
     GroupConfig {
         name: name.to_string(),
         domain: name.split('.').next().unwrap_or(name).to_string(),
         handler: handler.to_string(),
-        description: String::new(),
-        reads: vec![],
         publishes: publishes.iter().map(|s| s.to_string()).collect(),
-        batch_size: 100,
-        block: std::time::Duration::from_millis(100),
-        concurrency: 100,
-        claim_idle: std::time::Duration::from_secs(30),
-        max_deliveries: 5,
-        dead_letter_stream: crate::events::streams::DEAD_LETTER.to_string(),
-        start_id: StartId::Beginning,
         options: toml::from_str(options).expect("test options are valid TOML"),
         options_origin: "test".to_string(),
+        ..GroupConfig::default()
     }
 }
 
