@@ -3,7 +3,7 @@
 //!
 //! It sits at the bottom of the crate (it imports only the stream names) so that `config`,
 //! `handlers` and `bus` can all name it without knowing each other; `config` re-exports
-//! it as `crate::config::GroupConfig`.
+//! it with the rest of the validated model.
 
 use std::time::Duration;
 

@@ -19,12 +19,13 @@
 //! Handlers never touch Redis themselves, so their rules are unit-testable without it:
 //! feed `step` an event and fake replies, assert on the ops and emits.
 //!
-//! This module sits at the bottom of the crate (it imports only [`crate::envelope`] and
-//! [`crate::calendar`]): `bus` commits what it describes, `handlers` implement it, and
-//! neither has to know the other. The domain handlers re-export it as
-//! `crate::handlers::{Event, Op, ...}`.
+//! This module sits at the bottom of the crate (it imports only the envelope, the calendar
+//! and the group settings a handler is built from): `bus` commits what it describes, the
+//! domain handlers implement it, and neither has to know the other. `handlers` re-exports
+//! it, so `handlers::{Event, Op, ...}` name the same types.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::{self, Deserialize, Deserializer, Visitor};
@@ -32,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::calendar::utc_day;
 use crate::envelope::{Envelope, EnvelopeError, encode_msgpack, parse_stream_name};
+use crate::group::GroupConfig;
 
 /// One consumed event.
 #[derive(Debug, Clone)]
@@ -477,6 +479,9 @@ impl Step {
         }
     }
 }
+
+/// Builds a handler for a group from its options; errors say which option is wrong.
+pub type Constructor = fn(&GroupConfig) -> Result<Arc<dyn Handler>, String>;
 
 /// Most rounds one event may take; a handler that needs more has a bug (or a livelock).
 pub const MAX_ROUNDS: usize = 16;

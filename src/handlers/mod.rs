@@ -13,7 +13,7 @@
 
 pub use crate::calendar::{civil_from_days, utc_day};
 pub use crate::handler::{
-    Emit, Event, Handler, HandlerError, KeyType, MAX_ROUNDS, Op, Reply, Step,
+    Constructor, Emit, Event, Handler, HandlerError, KeyType, MAX_ROUNDS, Op, Reply, Step,
 };
 
 pub mod analytics;
@@ -29,5 +29,5 @@ pub mod trading;
 pub mod typed;
 pub mod user;
 
-pub use registry::{Constructor, Registry, is_known, names};
+pub use registry::{Registry, is_known, names};
 pub use support::{deny_unknown_options, non_empty, option, poison};

@@ -6,10 +6,7 @@ use std::sync::Arc;
 
 use super::{analytics, builtin, financial, gamification, nft, social, trading, user};
 use crate::group::GroupConfig;
-use crate::handler::Handler;
-
-/// Builds a handler for a group from its options; errors say which option is wrong.
-pub type Constructor = fn(&GroupConfig) -> Result<Arc<dyn Handler>, String>;
+use crate::handler::{Constructor, Handler};
 
 /// The handlers this binary knows, by the name configs use.
 #[derive(Clone)]

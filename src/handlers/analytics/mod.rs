@@ -1,7 +1,7 @@
 //! analytics domain: KPI counters ([`metrics_collection`]) and the tamper-evident audit
 //! trail ([`audit_trail`], verified with [`chain`]).
 
-use crate::handlers::registry::Constructor;
+use crate::handler::Constructor;
 
 pub mod audit_trail;
 pub mod chain;

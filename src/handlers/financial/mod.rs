@@ -7,8 +7,8 @@
 //! is 0 cents, 10 bps of 50 cents (0.05 cent) is 0, 10 bps of 500 cents (0.5 cent) is 1.
 use crate::events::{SaleCompleted, SubscriptionChanged, usd_to_cents};
 use crate::group::GroupConfig;
+use crate::handler::Constructor;
 use crate::handler::HandlerError;
-use crate::handlers::registry::Constructor;
 use crate::handlers::support::{non_empty, option, poison};
 
 pub mod compliance;

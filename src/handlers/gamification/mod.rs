@@ -8,8 +8,8 @@
 //! from [`crate::calendar`], [`expire_secs`] from [`crate::handlers::support`].
 
 use crate::events::{LevelUp, TradeExecuted, XpAwarded, notional_cents};
+use crate::handler::Constructor;
 use crate::handler::HandlerError;
-use crate::handlers::registry::Constructor;
 use crate::handlers::support::require_non_empty;
 
 pub mod achievements;

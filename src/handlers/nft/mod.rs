@@ -1,6 +1,6 @@
 //! nft domain handlers: badge rewards ([`RewardDistribution`]) and marketplace statistics
 //! ([`Marketplace`]).
-use crate::handlers::registry::Constructor;
+use crate::handler::Constructor;
 
 pub mod marketplace;
 pub mod reward_distribution;

@@ -5,7 +5,7 @@
 //! period helpers come from [`crate::calendar`], the payload checks from the
 //! gamification domain.
 
-use crate::handlers::registry::Constructor;
+use crate::handler::Constructor;
 
 pub mod clan_battles;
 pub mod feed_generation;

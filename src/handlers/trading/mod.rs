@@ -8,8 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::{TradeExecuted, notional_cents, usd_to_cents};
+use crate::handler::Constructor;
 use crate::handler::{Event, HandlerError};
-use crate::handlers::registry::Constructor;
 use crate::handlers::support::{non_empty, poison};
 use crate::handlers::typed::Input;
 

@@ -1,6 +1,6 @@
 //! user domain handlers: the profile projection ([`ProfileUpdates`]) and notification
 //! requests ([`Notifications`]).
-use crate::handlers::registry::Constructor;
+use crate::handler::Constructor;
 
 pub mod notifications;
 pub mod profile_updates;
