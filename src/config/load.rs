@@ -15,7 +15,7 @@ use crate::handlers::Registry;
 
 impl Config {
     /// Loads and validates `dir/streams.toml` and `dir/consumer-groups/*.toml`, then applies
-    /// environment overrides (`ASTRA_REDIS_URL`, `ASTRA_INSTANCE`, … see [`super::env`]).
+    /// environment overrides (`ASTRA_REDIS_URL`, `ASTRA_INSTANCE`, … see `config/env.rs`).
     pub fn load(dir: impl AsRef<Path>) -> Result<Config, ConfigError> {
         Self::load_with_env(dir, |k| std::env::var(k).ok())
     }

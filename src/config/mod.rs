@@ -1,21 +1,21 @@
 //! The topology as configuration: `streams.toml` plus `consumer-groups/<domain>.toml`.
 //!
-//! Parsing happens in two layers. The *raw* structs ([`raw`]) mirror the TOML one to one,
+//! Parsing happens in two layers. The *raw* structs (`raw`) mirror the TOML one to one,
 //! reject unknown fields and keep the byte span of every value we may have to complain
-//! about. [`Config::load`] ([`load`]) then validates the whole set at once ([`validate`],
-//! one file per section) into the validated model ([`model`], where every default is
-//! declared), applies the environment ([`env`]) and returns *every* problem as a
+//! about. [`Config::load`] (`load`) then validates the whole set at once (`validate`,
+//! one file per section) into the validated model (`model`, where every default is
+//! declared), applies the environment (`env`) and returns *every* problem as a
 //! [`Diagnostic`] that names the file, line, column and field, so an operator fixes a
 //! broken topology in one pass instead of one error per restart.
 //!
-//! - [`error`]: [`Diagnostic`], [`ConfigError`].
-//! - [`raw`]: the TOML as written.
-//! - [`model`]: [`Config`] and its sections, with their defaults.
-//! - [`validate`]: raw → model, per section (`redis`, `delivery`, `streams`, `daemon`,
-//!   `groups`; `[edge]` is validated in [`edge`]).
-//! - [`env`]: the `ASTRA_*` overrides.
-//! - [`url`]: `redis.url`'s three forms.
-//! - [`load`]: reading the files and putting the steps together.
+//! - `error`: [`Diagnostic`], [`ConfigError`].
+//! - `raw`: the TOML as written.
+//! - `model`: [`Config`] and its sections, with their defaults.
+//! - `validate`: raw → model, per section (`redis`, `delivery`, `streams`, `daemon`,
+//!   `groups`; `[edge]` is validated in `edge`).
+//! - `env`: the `ASTRA_*` overrides.
+//! - `url`: `redis.url`'s three forms.
+//! - `load`: reading the files and putting the steps together.
 
 mod edge;
 mod env;

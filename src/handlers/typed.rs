@@ -37,7 +37,7 @@ use crate::handler::{Event, Handler, HandlerError, Reply, Step};
 use crate::handlers::support::poison;
 
 /// What one handler reads, decoded: usually an enum with one variant per stream, declared
-/// with [`input!`].
+/// with `input!`.
 pub trait Input: Sized {
     /// The streams this input is read from, in declaration order.
     const STREAMS: &'static [&'static str];

@@ -62,7 +62,7 @@ pub fn verify_chain<I: IntoIterator<Item = (String, String, Vec<u8>)>>(
 }
 
 /// [`verify_chain`], then checks that the last record's hash is `head` (the value of
-/// [`audit_head_key`]; `None` or `""` when the chain is empty), which also catches
+/// [`audit_head_key`](super::audit_head_key); `None` or `""` when the chain is empty), which also catches
 /// records removed from the end.
 pub fn verify_chain_with_head<I: IntoIterator<Item = (String, String, Vec<u8>)>>(
     records: I,
@@ -158,7 +158,7 @@ impl<'de> Deserialize<'de> for Items {
     }
 }
 
-/// Decodes one element of [`audit_log_key`]: the MessagePack array
+/// Decodes one element of [`audit_log_key`](super::audit_log_key): the MessagePack array
 /// `[prev_hex, hash_hex, record]`, each element a str or a bin (Lua's cmsgpack writes
 /// strings as str; other writers may use bin). The two hashes must be UTF-8; nothing may
 /// follow the array.

@@ -32,7 +32,7 @@ use crate::handlers::typed::{Reject, TypedHandler};
 ///
 /// Options: `large_trade_usd` (integer USD, default 50000), `velocity_trades` (default
 /// 20, ≥ 1), `velocity_window` (humantime, default `"60s"`, 1ms to 366 days).
-/// Poison: see [`super::trading::validate_trade`].
+/// Poison: see [`validate_trade`](crate::handlers::trading::validate_trade).
 pub struct Compliance {
     large_cents: i64,
     velocity_trades: i64,

@@ -34,7 +34,7 @@ use crate::handlers::typed::{Reject, TypedHandler, input};
 ///
 /// Options: `default_fee_bps` (default 10 = 0.1%), `nft_fee_bps` (default 250 = 2.5%),
 /// both 0..=10000; `retain_days` (default 400, 1..=36500).
-/// Poison: invalid trades (see [`super::trading::validate_trade`]); empty `user_id`,
+/// Poison: invalid trades (see [`validate_trade`]); empty `user_id`,
 /// `plan`, `sale_id` or `seller_id`; a price that is not a finite number ≥ 0; another stream.
 pub struct RevenueTracking {
     default_fee_bps: u32,

@@ -28,7 +28,7 @@ use crate::handlers::typed::{Reject, TypedHandler};
 /// position (`net_quantity` = units / 10^8), `trade_count` and `volume_cents`, all three
 /// taken from the `HINCRBY` replies of that round (never from a separate read).
 ///
-/// Options: none. Poison: see [`validate_trade`].
+/// Options: none. Poison: see [`validate_trade`](super::validate_trade).
 pub struct InternalProcessing;
 
 impl InternalProcessing {

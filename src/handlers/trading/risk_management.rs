@@ -41,7 +41,7 @@ use crate::handlers::typed::{Reject, TypedHandler};
 ///
 /// Options: `limit_usd` (integer USD, default 100000; alert when exposure is strictly
 /// above), `window` (humantime, default `"1h"`, 1ms to 366 days).
-/// Poison: see [`validate_trade`].
+/// Poison: see [`validate_trade`](super::validate_trade).
 pub struct RiskManagement {
     limit_cents: i64,
     window_ms: i64,
