@@ -86,28 +86,36 @@ fn verify_links<I: IntoIterator<Item = (String, String, Vec<u8>)>>(
 ) -> Result<(u64, String), ChainBreak> {
     let mut prev = String::new();
     let mut n = 0u64;
-    for (prev_hex, hash_hex, record) in records {
-        if prev_hex != prev {
-            return Err(ChainBreak {
-                index: n,
-                field: ChainField::Prev,
-                expected: prev,
-                found: prev_hex,
-            });
-        }
-        let computed = chain_hash(&prev_hex, &record);
-        if hash_hex != computed {
-            return Err(ChainBreak {
-                index: n,
-                field: ChainField::Hash,
-                expected: computed,
-                found: hash_hex,
-            });
-        }
-        prev = hash_hex;
+    for record in records {
+        prev = check_link(n, prev, record)?;
         n += 1;
     }
     Ok((n, prev))
+}
+
+/// Checks record `index` `(prev_hex, hash_hex, record)` of a chain whose previous record's
+/// hash is `prev` (`""` before the first): its `prev_hex` must be `prev` and its
+/// `hash_hex` [`chain_hash`]`(prev_hex, record)`. Returns its hash, which the next record
+/// must name as its `prev_hex`.
+pub fn check_link(
+    index: u64,
+    prev: String,
+    (prev_hex, hash_hex, record): (String, String, Vec<u8>),
+) -> Result<String, ChainBreak> {
+    let broken = |field, expected, found| ChainBreak {
+        index,
+        field,
+        expected,
+        found,
+    };
+    if prev_hex != prev {
+        return Err(broken(ChainField::Prev, prev, prev_hex));
+    }
+    let computed = chain_hash(&prev_hex, &record);
+    if hash_hex != computed {
+        return Err(broken(ChainField::Hash, computed, hash_hex));
+    }
+    Ok(hash_hex)
 }
 
 /// A MessagePack str or bin, as bytes.

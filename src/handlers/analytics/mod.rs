@@ -9,7 +9,8 @@ pub mod metrics_collection;
 
 pub use audit_trail::{AuditTrail, canonical_bytes};
 pub use chain::{
-    ChainBreak, ChainField, chain_hash, decode_log_entry, verify_chain, verify_chain_with_head,
+    ChainBreak, ChainField, chain_hash, check_link, decode_log_entry, verify_chain,
+    verify_chain_with_head,
 };
 pub use metrics_collection::MetricsCollection;
 
