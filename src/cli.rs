@@ -536,7 +536,7 @@ async fn run_daemon(cli: &Cli, role: &str) -> anyhow::Result<ExitCode> {
                 _ = tokio::signal::ctrl_c() => break None,
                 _ = hup.recv() => match Config::load(&cli.config).map_err(|e| e.to_string()).and_then(|new| {
                     // Handler options are part of the config: a reload they break is refused.
-                    crate::handlers::Registry::builtin().check(&new).map(|()| new).map_err(|e| e.join("\n"))
+                    crate::handlers::Registry::builtin().check(&new.groups).map(|()| new).map_err(|e| e.join("\n"))
                 }) {
                     Ok(new) => {
                         tracing::info!("SIGHUP: configuration reloaded, restarting groups");
@@ -742,7 +742,7 @@ fn check(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(errors) = crate::handlers::Registry::builtin().check(&cfg) {
+    if let Err(errors) = crate::handlers::Registry::builtin().check(&cfg.groups) {
         for e in &errors {
             eprintln!("{e}");
         }

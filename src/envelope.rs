@@ -304,6 +304,30 @@ impl Envelope {
     }
 }
 
+/// Parses a stream name, `astra.<domain>.<event>.v<n>` (lower-case `[a-z0-9_]` segments,
+/// `n >= 1`); returns (domain, event, n). An event's `type` is `<domain>.<event>` and its
+/// `v` is `n`.
+pub fn parse_stream_name(name: &str) -> Option<(String, String, u32)> {
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() != 4 || parts[0] != "astra" {
+        return None;
+    }
+    let seg_ok = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    if !seg_ok(parts[1]) || !seg_ok(parts[2]) {
+        return None;
+    }
+    let v = parts[3].strip_prefix('v')?;
+    if v.is_empty() || v.starts_with('0') || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u32 = v.parse().ok()?;
+    Some((parts[1].to_string(), parts[2].to_string(), n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,6 +423,28 @@ mod tests {
                 let _ = e.payload::<P>();
                 let _ = e.data_as_json();
             }
+        }
+    }
+
+    #[test]
+    fn stream_names() {
+        assert_eq!(
+            parse_stream_name("astra.trading.trade_executed.v1"),
+            Some(("trading".into(), "trade_executed".into(), 1))
+        );
+        assert!(parse_stream_name("astra.trading.trade_executed.v12").is_some());
+        for bad in [
+            "astra.Trading.trade.v1",
+            "astra.trading.trade.v0",
+            "astra.trading.trade.v01",
+            "astra.trading.trade",
+            "astra.trading.trade.1",
+            "bus.trading.trade.v1",
+            "astra..trade.v1",
+            "astra.trading.trade-x.v1",
+            "astra.a.b.c.v1",
+        ] {
+            assert_eq!(parse_stream_name(bad), None, "{bad}");
         }
     }
 }

@@ -99,15 +99,9 @@ pub enum RoundOutcome {
     Conflict,
 }
 
-/// One link of a hash chain: SHA-256(`prev_hex` ‖ `record`) as lowercase hex, where
-/// `prev_hex` is the previous link (`""` for the first record).
-pub fn chain_link(prev_hex: &str, record: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    h.update(prev_hex.as_bytes());
-    h.update(record);
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
-}
+/// The hash-chain link function lives with the handler interface (the audit trail
+/// verifies with it too).
+pub use crate::handler::chain_link;
 
 /// Serialises this process's hash-chain appends (read head → commit), so its own readers
 /// never conflict with each other; other processes are kept out by the script's

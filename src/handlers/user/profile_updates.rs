@@ -1,76 +1,17 @@
-//! user domain handlers: the profile projection ([`ProfileUpdates`]) and notification
-//! requests ([`Notifications`]).
+//! `user.profile_updates`: the profile projection and `user.profile_updated` events.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::gamification::level_for_xp;
-use super::{
-    Constructor, Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options,
-    non_empty, poison,
-};
-use crate::config::GroupConfig;
+use super::*;
 use crate::events::{
-    AchievementUnlocked, LevelUp, NotificationRequested, ProfileUpdated, RewardIssued,
-    UserRegistered, XpAwarded, streams,
+    AchievementUnlocked, LevelUp, ProfileUpdated, UserRegistered, XpAwarded, streams,
 };
-
-/// The handlers of this domain, by name.
-pub fn handlers() -> Vec<(&'static str, Constructor)> {
-    vec![
-        ("user.profile_updates", ProfileUpdates::build),
-        ("user.notifications", Notifications::build),
-    ]
-}
-
-// ---------------------------------------------------------------------------------------
-// Keys
-// ---------------------------------------------------------------------------------------
-
-/// `astra:user:profile:<user>`: the user's profile hash, fields [`FIELD_DISPLAY_NAME`],
-/// [`FIELD_CLAN`], [`FIELD_XP`], [`FIELD_LEVEL`], [`FIELD_ACHIEVEMENTS`], [`FIELD_TRADES`]
-/// (all listed in [`PROFILE_FIELDS`]). Absent counters read as 0, an absent level as 1.
-pub fn profile_key(user: &str) -> String {
-    format!("astra:user:profile:{user}")
-}
-
-/// Profile field: display name (from `user.registered`).
-pub const FIELD_DISPLAY_NAME: &str = "display_name";
-/// Profile field: clan (from `user.registered`, when given).
-pub const FIELD_CLAN: &str = "clan";
-/// Profile field: XP total (sum of every `xp_awarded.amount`).
-pub const FIELD_XP: &str = "xp";
-/// Profile field: level (level `L` needs `100·(L−1)²` XP); converges to the level of
-/// `xp` once in-flight events are committed (see [`ProfileUpdates`]).
-pub const FIELD_LEVEL: &str = "level";
-/// Profile field: number of achievements unlocked.
-pub const FIELD_ACHIEVEMENTS: &str = "achievements";
-/// Profile field: number of trades (XP awards with reason `trade`).
-pub const FIELD_TRADES: &str = "trades";
-/// Every field of [`profile_key`].
-pub const PROFILE_FIELDS: &[&str] = &[
-    FIELD_DISPLAY_NAME,
-    FIELD_CLAN,
-    FIELD_XP,
-    FIELD_LEVEL,
-    FIELD_ACHIEVEMENTS,
-    FIELD_TRADES,
-];
-
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
-
-fn unexpected_stream(ev: &Event) -> HandlerError {
-    poison(format!(
-        "stream `{}` is not read by this handler",
-        ev.stream
-    ))
-}
-
-// ---------------------------------------------------------------------------------------
-// user.profile_updates
-// ---------------------------------------------------------------------------------------
+use crate::group::GroupConfig;
+use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
+use crate::handlers::gamification::level_for_xp;
+use crate::handlers::support::{deny_unknown_options, non_empty, poison};
+use crate::handlers::typed::{TypedHandler, input};
 
 /// `user.profile_updates`: the profile projection, one hash per user, and a
 /// `user.profile_updated` event with the profile after every change.
@@ -126,10 +67,19 @@ enum Change {
     LevelUp,
 }
 
-fn decode_change(ev: &Event) -> Result<(String, Change), HandlerError> {
-    match ev.stream.as_str() {
-        streams::REGISTERED => {
-            let p: UserRegistered = ev.payload()?;
+input! {
+    /// What `user.profile_updates` reads.
+    pub enum ProfileInput {
+        streams::XP_AWARDED => Xp(XpAwarded),
+        streams::LEVEL_UP => LevelUp(LevelUp),
+        streams::ACHIEVEMENT_UNLOCKED => Achievement(AchievementUnlocked),
+        streams::REGISTERED => Registered(UserRegistered),
+    }
+}
+
+fn decode_change(input: ProfileInput) -> Result<(String, Change), HandlerError> {
+    match input {
+        ProfileInput::Registered(p) => {
             non_empty("user_id", &p.user_id)?;
             non_empty("display_name", &p.display_name)?;
             if let Some(c) = &p.clan {
@@ -143,8 +93,7 @@ fn decode_change(ev: &Event) -> Result<(String, Change), HandlerError> {
                 },
             ))
         }
-        streams::XP_AWARDED => {
-            let p: XpAwarded = ev.payload()?;
+        ProfileInput::Xp(p) => {
             non_empty("user_id", &p.user_id)?;
             if p.amount < 0 {
                 return Err(poison(format!(
@@ -160,18 +109,15 @@ fn decode_change(ev: &Event) -> Result<(String, Change), HandlerError> {
                 },
             ))
         }
-        streams::ACHIEVEMENT_UNLOCKED => {
-            let p: AchievementUnlocked = ev.payload()?;
+        ProfileInput::Achievement(p) => {
             non_empty("user_id", &p.user_id)?;
             non_empty("achievement", &p.achievement)?;
             Ok((p.user_id, Change::Achievement))
         }
-        streams::LEVEL_UP => {
-            let p: LevelUp = ev.payload()?;
+        ProfileInput::LevelUp(p) => {
             non_empty("user_id", &p.user_id)?;
             Ok((p.user_id, Change::LevelUp))
         }
-        _ => Err(unexpected_stream(ev)),
     }
 }
 
@@ -210,9 +156,16 @@ fn count_field(m: &BTreeMap<String, String>, field: &str) -> Result<i64, Handler
     }
 }
 
-impl Handler for ProfileUpdates {
-    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let (user, change) = decode_change(ev)?;
+impl TypedHandler for ProfileUpdates {
+    type Input = ProfileInput;
+
+    fn decide(
+        &self,
+        input: ProfileInput,
+        _: &Event,
+        rounds: &[Vec<Reply>],
+    ) -> Result<Step, HandlerError> {
+        let (user, change) = decode_change(input)?;
         let key = profile_key(&user);
         match rounds.len() {
             0 => {
@@ -283,114 +236,17 @@ impl Handler for ProfileUpdates {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// user.notifications
-// ---------------------------------------------------------------------------------------
-
-/// `user.notifications`: asks the notification service to tell a user about an
-/// achievement, a reward or a level-up.
-///
-/// Rules (one `user.notification_requested` per input, no state):
-/// - `gamification.achievement_unlocked` → template `achievement_unlocked`, params
-///   `{achievement}`;
-/// - `nft.reward_issued` → template `reward_issued`, params `{reward, reason}`;
-/// - `gamification.level_up` → template `level_up`, params `{from, to}` (decimal).
-///
-/// Empty `user_id`, `achievement` or `reward`, or `to <= from`, is poison.
-///
-/// No de-duplication state is needed: each input is itself issued at most once per
-/// (user, achievement/reward/level crossing) by its producer, and the runtime publishes
-/// a handler's derived events exactly once per source event (a redelivered source event
-/// replays its recorded result, and the derived event id is deterministic), so a
-/// notification cannot be requested twice.
-///
-/// Keys: none.
-/// Emits: `astra.user.notification_requested.v1` ([`NotificationRequested`]
-/// `{user_id, template, params}`).
-/// Options: none.
-pub struct Notifications;
-
-impl Notifications {
-    /// Builds from the group config.
-    pub fn build(g: &GroupConfig) -> Result<Arc<dyn Handler>, String> {
-        deny_unknown_options(g, &[])?;
-        Ok(Arc::new(Notifications))
-    }
-}
-
-impl Handler for Notifications {
-    fn step(&self, ev: &Event, _rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let params = |pairs: &[(&str, String)]| -> BTreeMap<String, String> {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect()
-        };
-        let n = match ev.stream.as_str() {
-            streams::ACHIEVEMENT_UNLOCKED => {
-                let p: AchievementUnlocked = ev.payload()?;
-                non_empty("user_id", &p.user_id)?;
-                non_empty("achievement", &p.achievement)?;
-                NotificationRequested {
-                    user_id: p.user_id,
-                    template: "achievement_unlocked".into(),
-                    params: params(&[("achievement", p.achievement)]),
-                }
-            }
-            streams::REWARD_ISSUED => {
-                let p: RewardIssued = ev.payload()?;
-                non_empty("user_id", &p.user_id)?;
-                non_empty("reward", &p.reward)?;
-                NotificationRequested {
-                    user_id: p.user_id,
-                    template: "reward_issued".into(),
-                    params: params(&[("reward", p.reward), ("reason", p.reason)]),
-                }
-            }
-            streams::LEVEL_UP => {
-                let p: LevelUp = ev.payload()?;
-                non_empty("user_id", &p.user_id)?;
-                if p.to <= p.from {
-                    return Err(poison(format!(
-                        "field `to`: must be greater than `from` ({}), got {}",
-                        p.from, p.to
-                    )));
-                }
-                NotificationRequested {
-                    user_id: p.user_id,
-                    template: "level_up".into(),
-                    params: params(&[("from", p.from.to_string()), ("to", p.to.to_string())]),
-                }
-            }
-            _ => return Err(unexpected_stream(ev)),
-        };
-        Ok(Step::Done {
-            ops: vec![],
-            emit: vec![Emit::new(streams::NOTIFICATION_REQUESTED, &n)],
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handlers::testing::{decode, event, group, int, json_event, text};
+    use crate::handlers::testing::{decode, event, group, int, json_event, op_text, text};
+    use crate::handlers::user::fixtures::s;
 
     fn profiles() -> Arc<dyn Handler> {
         ProfileUpdates::build(&group(
             "user.profile_updates",
             "user.profile_updates",
             &[streams::PROFILE_UPDATED],
-            "",
-        ))
-        .unwrap()
-    }
-
-    fn notifications() -> Arc<dyn Handler> {
-        Notifications::build(&group(
-            "user.notifications",
-            "user.notifications",
-            &[streams::NOTIFICATION_REQUESTED],
             "",
         ))
         .unwrap()
@@ -418,18 +274,7 @@ mod tests {
             Step::More(ops) => ops,
             Step::Done { ops, .. } => ops,
         };
-        ops.iter()
-            .map(|o| {
-                (
-                    o.cmd(),
-                    o.key().to_string(),
-                    o.args()
-                        .iter()
-                        .map(|a| String::from_utf8(a.clone()).unwrap())
-                        .collect(),
-                )
-            })
-            .collect()
+        ops.iter().map(op_text).collect()
     }
 
     fn profile_of(step: &Step) -> ProfileUpdated {
@@ -439,10 +284,6 @@ mod tests {
         assert_eq!(emit.len(), 1);
         assert_eq!(emit[0].stream, streams::PROFILE_UPDATED);
         decode(&emit[0])
-    }
-
-    fn s(v: &str) -> String {
-        v.to_string()
     }
 
     #[test]
@@ -744,126 +585,5 @@ mod tests {
             )
             .unwrap_err();
         assert!(matches!(err, HandlerError::Poison(_)));
-    }
-
-    #[test]
-    fn options_are_rejected() {
-        let p = ProfileUpdates::build(&group("u", "user.profile_updates", &[], "x = 1"));
-        assert!(p.err().unwrap().contains("unknown option `x`"));
-        let n = Notifications::build(&group("u", "user.notifications", &[], "x = 1"));
-        assert!(n.err().unwrap().contains("unknown option `x`"));
-        assert!(ProfileUpdates::build(&group("u", "user.profile_updates", &[], "")).is_ok());
-    }
-
-    fn notification_of(step: &Step) -> NotificationRequested {
-        let Step::Done { ops, emit } = step else {
-            panic!("expected Done, got {step:?}")
-        };
-        assert!(ops.is_empty());
-        assert_eq!(emit.len(), 1);
-        assert_eq!(emit[0].stream, streams::NOTIFICATION_REQUESTED);
-        decode(&emit[0])
-    }
-
-    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (s(k), s(v))).collect()
-    }
-
-    #[test]
-    fn notifications_for_each_input() {
-        let h = notifications();
-        let n = notification_of(
-            &h.step(
-                &event(
-                    streams::ACHIEVEMENT_UNLOCKED,
-                    &AchievementUnlocked {
-                        user_id: "u1".into(),
-                        achievement: "trades_10".into(),
-                    },
-                ),
-                &[],
-            )
-            .unwrap(),
-        );
-        assert_eq!(
-            n,
-            NotificationRequested {
-                user_id: "u1".into(),
-                template: "achievement_unlocked".into(),
-                params: params(&[("achievement", "trades_10")]),
-            }
-        );
-        let n = notification_of(
-            &h.step(
-                &event(
-                    streams::REWARD_ISSUED,
-                    &RewardIssued {
-                        user_id: "u2".into(),
-                        reward: "bronze_badge".into(),
-                        reason: "level_5".into(),
-                    },
-                ),
-                &[],
-            )
-            .unwrap(),
-        );
-        assert_eq!(n.user_id, "u2");
-        assert_eq!(n.template, "reward_issued");
-        assert_eq!(
-            n.params,
-            params(&[("reward", "bronze_badge"), ("reason", "level_5")])
-        );
-        let n = notification_of(
-            &h.step(
-                &event(
-                    streams::LEVEL_UP,
-                    &LevelUp {
-                        user_id: "u3".into(),
-                        from: 4,
-                        to: 11,
-                        total_xp: 10_000,
-                    },
-                ),
-                &[],
-            )
-            .unwrap(),
-        );
-        assert_eq!(n.template, "level_up");
-        assert_eq!(n.params, params(&[("from", "4"), ("to", "11")]));
-    }
-
-    #[test]
-    fn notification_poison() {
-        let h = notifications();
-        let ev = json_event(
-            streams::LEVEL_UP,
-            r#"{"user_id":"u","from":3,"to":3,"total_xp":1}"#,
-        );
-        let err = h.step(&ev, &[]).unwrap_err();
-        assert!(
-            matches!(&err, HandlerError::Poison(m) if m.contains("`to`")),
-            "{err}"
-        );
-        let ev = json_event(
-            streams::REWARD_ISSUED,
-            r#"{"user_id":"u","reward":"","reason":"x"}"#,
-        );
-        let err = h.step(&ev, &[]).unwrap_err();
-        assert!(
-            matches!(&err, HandlerError::Poison(m) if m.contains("`reward`")),
-            "{err}"
-        );
-        let ev = json_event(streams::ACHIEVEMENT_UNLOCKED, r#"{"achievement":"x"}"#);
-        let err = h.step(&ev, &[]).unwrap_err();
-        assert!(
-            matches!(&err, HandlerError::Poison(m) if m.contains("user_id")),
-            "{err}"
-        );
-        let ev = json_event(streams::XP_AWARDED, "{}");
-        let err = h.step(&ev, &[]).unwrap_err();
-        assert!(
-            matches!(&err, HandlerError::Poison(m) if m.contains("not read")),
-            "{err}"
-        );
     }
 }

@@ -1,12 +1,10 @@
-//! Generic handlers that need no domain knowledge: useful for bridging streams (e.g. a
-//! `.v1` → `.v2` migration) and as the reference workloads of the benchmarks.
+//! `builtin.forward`: re-publishes every event to the group's `publishes` streams.
 
 use std::sync::Arc;
 
-use serde::Deserialize;
-
-use super::{Emit, Event, Handler, HandlerError, Op, Reply, Step, deny_unknown_options};
-use crate::config::GroupConfig;
+use crate::group::GroupConfig;
+use crate::handler::{Emit, Event, Handler, HandlerError, Reply, Step};
+use crate::handlers::support::deny_unknown_options;
 
 /// Re-publishes every event unchanged (payload bytes kept) to each stream the group
 /// `publishes`, as a derived event (same `cid`, `caus` = source id).
@@ -48,34 +46,4 @@ impl Handler for Forward {
 fn json_to_msgpack(data: &[u8]) -> Option<Vec<u8>> {
     let v: serde_json::Value = serde_json::from_slice(data).ok()?;
     rmp_serde::to_vec_named(&v).ok()
-}
-
-/// Counts events per `user_id` in the hash `astra:count:<group>` (one atomic HINCRBY).
-pub struct CountByUser {
-    key: String,
-}
-
-#[derive(Deserialize)]
-struct UserBearing {
-    user_id: String,
-}
-
-impl CountByUser {
-    /// Builds from the group config.
-    pub fn build(g: &GroupConfig) -> Result<Arc<dyn Handler>, String> {
-        deny_unknown_options(g, &[])?;
-        Ok(Arc::new(CountByUser {
-            key: format!("astra:count:{}", g.name),
-        }))
-    }
-}
-
-impl Handler for CountByUser {
-    fn step(&self, ev: &Event, _: &[Vec<Reply>]) -> Result<Step, HandlerError> {
-        let p: UserBearing = ev.payload()?;
-        Ok(Step::Done {
-            ops: vec![Op::hincrby(&self.key, p.user_id, 1)],
-            emit: vec![],
-        })
-    }
 }
