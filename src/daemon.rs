@@ -40,19 +40,23 @@ pub enum RunError {
 }
 
 /// Reads stream and group health from Redis every `interval` (one pipelined round) into
-/// the metrics, so scrapes are served from memory.
+/// the metrics, the latest snapshot and the console's history, so scrapes, `/dashboard`
+/// and consoles are served from memory.
 async fn health_loop(
     redis: Redis,
     config: Config,
     metrics: Arc<Metrics>,
     latest: LatestSnapshot,
+    history: Arc<crate::edge::console::History>,
     mut shutdown: Shutdown,
 ) {
     loop {
         match crate::bus::status::snapshot(&redis, &config).await {
             Ok(snap) => {
                 metrics.record_health(&snap);
-                *latest.write().expect("snapshot lock") = Some((crate::envelope::now_ms(), snap));
+                let at = crate::envelope::now_ms();
+                history.record(at, &snap);
+                *latest.write().expect("snapshot lock") = Some((at, snap));
             }
             Err(e) => {
                 metrics.redis_up.set(0);
@@ -256,6 +260,7 @@ pub async fn run_with(
         config.clone(),
         metrics.clone(),
         latest,
+        edge.history.clone(),
         shutdown.clone(),
     ));
     if opts.role == Role::All {

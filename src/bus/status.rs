@@ -30,6 +30,9 @@ pub struct GroupStatus {
     pub exists: bool,
     /// Entries of this group in its dead-letter stream (all streams of the group).
     pub dead_letters: i64,
+    /// Entries the group has read from the stream so far (`entries-read`, Redis 7.0+;
+    /// `None` when Redis cannot tell). Its growth is the group's throughput.
+    pub entries_read: Option<i64>,
 }
 
 /// Everything the health metrics and `status` need, read in one pipelined round trip.
@@ -131,6 +134,7 @@ pub async fn snapshot(redis: &Redis, cfg: &Config) -> Result<Snapshot, BusError>
                 .unwrap_or(0),
             exists: info.is_some(),
             dead_letters: dlq.get(g).copied().unwrap_or(0),
+            entries_read: info.and_then(|i| i.get("entries-read")).and_then(as_int),
         });
     }
     let ints = |v: Option<Result<Value, BusError>>| -> std::collections::BTreeMap<String, i64> {
