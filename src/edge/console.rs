@@ -25,6 +25,9 @@
 //! browser replay or purge. Replay and purge also need the group's name echoed as
 //! `confirm` (the page asks the operator first), and each attempt logs one audit line
 //! (`console action`: who, from where, what, outcome).
+//!
+//! Submodules: [`health`] (the ok / warn / crit rules and the history), `dead_letters`,
+//! `trace_view`, `openapi` (the routes' entries of `/openapi.json`).
 
 mod dead_letters;
 pub mod health;

@@ -150,6 +150,18 @@ pub fn http(
     headers: &[(&str, &str)],
     body: Option<&Value>,
 ) -> (u16, String) {
+    let (status, _, body) = http_full(port, method, path, headers, body);
+    (status, body)
+}
+
+/// [`http`] with the response head (status line and headers, lower-cased).
+pub fn http_full(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> (u16, String, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let payload = body.map(|b| b.to_string()).unwrap_or_default();
@@ -174,7 +186,7 @@ pub fn http(
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    (status, body.to_string())
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -331,13 +343,14 @@ pub fn after_whole_rounds(
     base: &BTreeMap<String, i64>,
     round: &BTreeMap<String, i64>,
     when: &str,
-) -> (BTreeMap<String, i64>, i64) {
+) -> (BTreeMap<String, i64>, i64, Instant) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let now = commandstats(server);
+        let at = Instant::now();
         let d = delta(base, &now);
         if let Some(r) = whole_rounds(&d, round) {
-            return (now, r);
+            return (now, r, at);
         }
         assert!(
             Instant::now() < deadline,

@@ -130,9 +130,10 @@ function askKey(why) {
     keyPrompt = modal({
       title: 'API key needed',
       body: [
-        h('p', { text: why || 'This daemon serves its operations routes only to keys with the ops scope (edge.ops = "keys").' }),
+        h('p', { text: 'This daemon serves its operations routes only to API keys with the ops scope (edge.ops = "keys").' }),
+        why ? h('p', { class: 'why', text: 'The edge answered: ' + why }) : null,
         h('p', { text: 'The key stays in this tab (sessionStorage) and is sent as a bearer token.' }),
-      ],
+      ].filter(Boolean),
       ok: 'Use key',
       input: { type: 'password', placeholder: 'API key with the ops scope' },
     }).then((v) => {
@@ -466,10 +467,11 @@ function openGroup(name) {
 // Small charts
 // ---------------------------------------------------------------------------------------
 
-function sparkPath(values, w, hgt, pad) {
+// `floor`: the smallest full scale, so a lag of 3 does not fill the chart like 3,000 would.
+function sparkPath(values, w, hgt, pad, floor) {
   const vs = values.map((v) => (v === null || v === undefined ? null : v));
   const known = vs.filter((v) => v !== null);
-  const max = Math.max(1e-9, ...known);
+  const max = Math.max(floor, ...known);
   const n = vs.length;
   let line = '';
   let area = '';
@@ -492,7 +494,7 @@ function sparkPath(values, w, hgt, pad) {
 }
 
 function spark(values, kind, w = 120, hgt = 26, cls = 'spark') {
-  const p = sparkPath(values || [], w, hgt, 2);
+  const p = sparkPath(values || [], w, hgt, 2, kind === 'lag' ? 100 : 1);
   return s('svg', { class: cls + ' ' + kind, viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: 'none' },
     s('path', { class: 'spark-area', d: p.area }),
     s('path', { class: 'spark-line', d: p.line, 'vector-effect': 'non-scaling-stroke' }));
@@ -935,7 +937,7 @@ function route() {
 }
 
 async function start() {
-  $('key-button').addEventListener('click', () => askKey('Enter an API key with the ops scope (leave empty to keep the current one).'));
+  $('key-button').addEventListener('click', () => askKey());
   $('dl-reload').addEventListener('click', loadDeadLetters);
   $('dl-purge').addEventListener('click', purgeGroup);
   $('dl-group').addEventListener('change', () => {
