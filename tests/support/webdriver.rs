@@ -156,7 +156,11 @@ impl Driver {
         );
         let port = crate::support::free_port();
         let log = dir.join("chromedriver.log");
+        // Its own process group, so dropping the driver also ends the browsers it started
+        // (a test that panics must not leave Chromium running).
+        use std::os::unix::process::CommandExt;
         let child = Command::new(exe)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .arg(format!("--log-path={}", log.display()))
             .stdout(Stdio::null())
@@ -210,6 +214,9 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -347,8 +354,25 @@ impl Session {
     }
 
     /// Ends the session (Chromium exits).
-    pub fn quit(self) {
-        let _ = request(self.port, "DELETE", &format!("/session/{}", self.id), None);
+    pub fn quit(self) {}
+}
+
+impl Drop for Session {
+    /// Ends the session, also when a test panics; never panics itself.
+    fn drop(&mut self) {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        let req = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            self.id, self.port
+        );
+        if s.write_all(req.as_bytes()).is_ok() {
+            // The answer comes once Chromium has exited.
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+        }
     }
 }
 
