@@ -39,13 +39,15 @@ pub enum RunError {
 }
 
 /// Reads stream and group health from Redis every `interval` (one pipelined round) into
-/// the metrics, so scrapes are served from memory.
+/// the metrics, the latest snapshot and the console's history, so scrapes, `/dashboard`
+/// and consoles are served from memory.
 async fn health_loop(
     redis: Redis,
     config: Config,
     metrics: Arc<Metrics>,
     latest: LatestSnapshot,
     record_positions: bool,
+    history: Arc<crate::edge::console::History>,
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -58,7 +60,9 @@ async fn health_loop(
                 {
                     tracing::warn!(error = %e, "recording group positions failed");
                 }
-                *latest.write().expect("snapshot lock") = Some((crate::envelope::now_ms(), snap));
+                let at = crate::envelope::now_ms();
+                history.record(at, &snap);
+                *latest.write().expect("snapshot lock") = Some((at, snap));
             }
             Err(e) => {
                 metrics.redis_up.set(0);
@@ -265,6 +269,7 @@ pub async fn run_with(
         metrics.clone(),
         latest,
         opts.role == Role::All,
+        edge.history.clone(),
         shutdown.clone(),
     ));
     if opts.role == Role::All {

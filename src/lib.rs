@@ -24,7 +24,8 @@
 //! - [`kpi`]: business KPIs computed from the analytics counters in Redis.
 //! - [`metrics`]: every exported metric, in one place.
 //! - [`edge`]: the HTTP edge (publish API, projection reads, `/health`, `/ready`,
-//!   `/metrics`, `/dashboard`, API keys, rate limits, idempotency).
+//!   `/metrics`, `/dashboard`, the operator's console at `/console`, API keys, rate
+//!   limits, idempotency).
 //! - [`shutdown`]: the shutdown signal every loop listens to.
 //! - [`watchdog`]: liveness of the delivery loops and the systemd watchdog fed from it.
 //! - [`logging`]: text or JSON-lines logs.

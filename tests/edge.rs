@@ -706,7 +706,7 @@ async fn every_documented_route_answers() {
     let doc = http(port, "GET", "/openapi.json", &[], b"").await.json();
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 14, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 22, "{:?}", paths.keys());
     wait_until(Duration::from_secs(10), "a health snapshot", || async {
         http(port, "GET", "/dashboard", &[], b"").await.status == 200
     })
@@ -715,7 +715,8 @@ async fn every_documented_route_answers() {
         let path = template
             .replace("{stream}", TRADE)
             .replace("{id}", "u1")
-            .replace("{board}", "weekly");
+            .replace("{board}", "weekly")
+            .replace("{name}", "app.js");
         for method in item.as_object().unwrap().keys() {
             let r = match method.as_str() {
                 "get" => http(port, "GET", &path, &[("X-User-ID", "probe")], b"").await,

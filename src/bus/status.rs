@@ -34,6 +34,9 @@ pub struct GroupStatus {
     pub last_delivered_id: Option<String>,
     /// The oldest entry still pending in the group.
     pub oldest_pending_id: Option<String>,
+    /// Entries the group has read from the stream so far (`entries-read`, Redis 7.0+;
+    /// `None` when Redis cannot tell). Its growth is the group's throughput.
+    pub entries_read: Option<i64>,
 }
 
 impl GroupStatus {
@@ -205,6 +208,7 @@ pub async fn snapshot(redis: &Redis, cfg: &Config) -> Result<Snapshot, BusError>
                 .and_then(|i| i.get("last-delivered-id"))
                 .and_then(as_string),
             oldest_pending_id: oldest_id,
+            entries_read: info.and_then(|i| i.get("entries-read")).and_then(as_int),
         });
     }
     let ints = |v: Option<Result<Value, BusError>>| -> std::collections::BTreeMap<String, i64> {

@@ -5,6 +5,7 @@
 //! | [`publish`] | `POST /v1/events/{stream}`, `POST /v1/events`, `POST /api/v1/trading/execute`, `POST /api/v1/users/register` |
 //! | [`reads`] | `GET /api/v1/gamification/user/{id}/profile`, `GET /api/v1/gamification/leaderboard/{board}`, `GET /api/v1/social/feed` |
 //! | [`ops`] | `GET /health`, `/ready`, `/metrics`, `/dashboard`, `/v1/streams`, `/v1/groups`, `/openapi.json` |
+//! | [`console`] | `GET /console` (the operator's console) and its `/console/api` |
 //!
 //! Cross-cutting concerns are layers around every route, not code in each handler:
 //! correlation ids (`X-Correlation-ID`, validated or generated, echoed on every answer),
@@ -19,6 +20,7 @@
 //! client's back.
 
 pub mod auth;
+pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod ops;
@@ -62,6 +64,8 @@ pub struct Edge {
     pub metrics: Arc<Metrics>,
     /// Latest health snapshot.
     pub latest: LatestSnapshot,
+    /// The last minutes of snapshots, for the console's charts (the health loop records).
+    pub history: Arc<console::History>,
     /// API keys.
     keys: Vec<Arc<ApiKey>>,
     /// Requests in flight (load shedding).
@@ -110,6 +114,7 @@ impl Edge {
         let keys = config.edge.keys.iter().cloned().map(Arc::new).collect();
         Arc::new(Edge {
             inflight: Arc::new(Semaphore::new(config.edge.max_concurrency)),
+            history: Arc::new(console::History::new(&config)),
             config,
             redis: OnceLock::new(),
             declared: Default::default(),
@@ -247,7 +252,7 @@ impl Edge {
 /// Every route: (method, path template, handler). The OpenAPI document lists the same
 /// set (a test compares them), so the document cannot drift from the router.
 pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Edge>>)> {
-    vec![
+    let mut r = vec![
         (
             Method::POST,
             "/v1/events/{stream}",
@@ -282,7 +287,9 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Edge>>)> {
         (Method::GET, "/v1/streams", get(ops::streams)),
         (Method::GET, "/v1/groups", get(ops::groups)),
         (Method::GET, "/openapi.json", get(ops::openapi)),
-    ]
+    ];
+    r.extend(console::routes());
+    r
 }
 
 async fn no_route(req: Request) -> ApiError {

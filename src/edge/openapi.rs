@@ -107,7 +107,7 @@ pub fn document() -> Value {
                          "application/vnd.astra.envelope+json": {"schema": {"$ref": "#/components/schemas/EnvelopeIn"}}});
     let json_only = |schema: Value| json!({"application/json": {"schema": schema}});
     let published = json!({"$ref": "#/components/schemas/Published"});
-    json!({
+    let mut doc = json!({
         "openapi": "3.0.3",
         "info": {
             "title": "astra-bus HTTP edge",
@@ -202,5 +202,9 @@ pub fn document() -> Value {
                     "data": {"type": "object"}}}
             }
         }
-    })
+    });
+    if let Some(paths) = doc["paths"].as_object_mut() {
+        paths.extend(super::console::openapi_paths());
+    }
+    doc
 }

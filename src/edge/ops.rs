@@ -181,6 +181,7 @@ fn dashboard_html(d: &Value) -> String {
          <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
          td,th{{border:1px solid #ccc;padding:.3em .8em;text-align:left}}.ok{{color:#070}}.low{{color:#a00}}</style>\
          </head><body><h1>astra-bus</h1>\
+         <p><a href=\"/console\">Open the console</a>: topology, live health, dead letters, traces (needs JavaScript).</p>\
          <h2>KPIs</h2><table><tr><th>kpi</th><th>value</th><th>target</th><th></th></tr>{rows}</table>\
          <h2>Revenue today</h2><table><tr><th>source</th><th>USD</th></tr>{revenue}</table>\
          <h2>Bus</h2><table><tr><th>groups</th><td>{}</td></tr><tr><th>lag</th><td>{}</td></tr>\
