@@ -1,17 +1,21 @@
 //! Throughput benchmark: `cargo bench --bench throughput`.
 //!
-//! In one run, against one private redis-server:
-//! 1. raw baseline: 4 connections, each looping XREADGROUP COUNT 100 → pipelined XADD of
-//!    every entry to an output stream + one XACK;
-//! 2. the daemon binary draining the same number of events with `builtin.forward`
-//!    (re-publish each event, exactly-once commit protocol);
+//! In one run, against one private redis-server, in alternating rounds:
+//! 1. the ceiling: a client that writes RESP itself (`raw/mod.rs`, no client library), 4
+//!    connections, each looping XREADGROUP COUNT 100 → XADD of every entry to an output
+//!    stream + one XACK, with the next read pipelined behind the commit;
+//! 2. the daemon binary draining the same events with `builtin.forward` (re-publish each
+//!    event, full commit protocol);
 //! 3. the daemon with `builtin.count_by_user` (one HINCRBY per event);
-//! 4. publish→commit latency with events published at a paced 10k/s.
 //!
-//! It prints events/s, the daemon/raw ratio, Redis CPU µs per event (`INFO cpu`), and the
-//! daemon's peak RSS. `ASTRA_BENCH_EVENTS` sets the drain size (default 1,000,000).
-//! Without `--bench` (as `cargo test --all-targets` runs it) it does a small smoke run.
+//! then publish→commit latency with events published at a paced 10k/s, and the daemon's
+//! peak RSS while draining 1M events. It prints events/s, the ratio to the ceiling and Redis
+//! CPU µs per event (`INFO cpu`) against the ceiling's, per round and as a table
+//! (median of the rounds). `ASTRA_BENCH_EVENTS` (300,000), `ASTRA_BENCH_ROUNDS` (3) and
+//! `ASTRA_BENCH_RSS_EVENTS` (1,000,000) set the sizes. Without `--bench` (as `cargo test
+//! --all-targets` runs it) it does a small smoke run.
 
+mod raw;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -19,7 +23,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use astra_bus::bus::Redis;
-use astra_bus::bus::client::{Value, arg, as_array, parse_read_reply};
+use astra_bus::bus::client::{Value, arg, as_array};
 use astra_bus::envelope::{ContentType, Envelope};
 use support::{DaemonProcess, RedisServer, TempDir, write_config};
 
@@ -55,8 +59,9 @@ async fn reset(redis: &Redis) {
     redis.cmd("FLUSHALL", vec![]).await.unwrap();
 }
 
-/// The raw loop: no envelope decoding, no handler, no dedup; the floor any bus pays.
-async fn raw_baseline(server: &RedisServer, n: usize) -> (f64, f64) {
+/// The ceiling: a client that writes RESP itself (see `raw/mod.rs`), 4 connections,
+/// XREADGROUP COUNT 100 with the next read pipelined behind each commit.
+async fn ceiling(server: &RedisServer, n: usize) -> (f64, f64) {
     let redis = Redis::connect(&server.url(), Duration::from_secs(5))
         .await
         .unwrap();
@@ -76,58 +81,12 @@ async fn raw_baseline(server: &RedisServer, n: usize) -> (f64, f64) {
         .unwrap();
     preload(&redis, n, 100).await;
     let cpu0 = server.cpu_seconds();
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for c in 0..4 {
-        let conn = Redis::connect(&server.url(), Duration::from_secs(5))
-            .await
-            .unwrap();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let v = conn
-                    .cmd(
-                        "XREADGROUP",
-                        vec![
-                            arg("GROUP"),
-                            arg("raw"),
-                            arg(format!("c{c}")),
-                            arg("COUNT"),
-                            arg(100),
-                            arg("STREAMS"),
-                            arg(IN),
-                            arg(">"),
-                        ],
-                    )
-                    .await
-                    .unwrap();
-                let entries: Vec<_> = parse_read_reply(v)
-                    .into_iter()
-                    .flat_map(|(_, e)| e)
-                    .collect();
-                if entries.is_empty() {
-                    return;
-                }
-                let mut cmds: Vec<(&'static str, Vec<Value>)> = vec![];
-                let mut ack = vec![arg(IN), arg("raw")];
-                for e in &entries {
-                    let mut args = vec![arg(OUT), arg("*")];
-                    for (k, v) in e.fields.as_ref().unwrap() {
-                        args.push(Value::Bytes(k.clone().into()));
-                        args.push(Value::Bytes(v.clone().into()));
-                    }
-                    cmds.push(("XADD", args));
-                    ack.push(arg(e.id.as_str()));
-                }
-                cmds.push(("XACK", ack));
-                conn.pipeline(cmds).await.unwrap();
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let secs = start.elapsed().as_secs_f64();
+    let port = server.port;
+    let (moved, secs) = tokio::task::spawn_blocking(move || raw::drain(port, IN, OUT, "raw", 4))
+        .await
+        .unwrap();
     let cpu = server.cpu_seconds() - cpu0;
+    assert_eq!(moved, n);
     assert_eq!(
         astra_bus::bus::client::as_int(&redis.cmd("XLEN", vec![arg(OUT)]).await.unwrap()),
         Some(n as i64)
@@ -327,12 +286,23 @@ async fn read_stream(redis: &Redis, stream: &str) -> Vec<(String, Envelope)> {
     }
 }
 
+/// min / median / max of a sample.
+fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
-    let n: usize = std::env::var("ASTRA_BENCH_EVENTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(if full { 1_000_000 } else { 2_000 });
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let n = env("ASTRA_BENCH_EVENTS", if full { 300_000 } else { 2_000 });
+    let rounds = env("ASTRA_BENCH_ROUNDS", if full { 3 } else { 1 });
+    let rss_n = env("ASTRA_BENCH_RSS_EVENTS", if full { 1_000_000 } else { 0 });
     let (rate, secs) = if full { (10_000, 5) } else { (1_000, 1) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -342,22 +312,59 @@ fn main() {
         let server = RedisServer::start();
         let version = server.cli(&["INFO", "server"]);
         let version = version.lines().find_map(|l| l.strip_prefix("redis_version:")).unwrap_or("?").trim().to_string();
-        println!("astra-bus throughput benchmark: {n} events, redis {version}, {} cores", std::thread::available_parallelism().map_or(0, |n| n.get()));
-        let (raw, raw_cpu) = raw_baseline(&server, n).await;
-        println!("raw baseline     (4 conns, XREADGROUP COUNT 100, XADD each + XACK, pipelined): {raw:>10.0} events/s  redis cpu {raw_cpu:>5.2} µs/event");
-        let (fwd, fwd_cpu, fwd_rss) = daemon_drain(&server, n, "builtin.forward").await;
         println!(
-            "daemon pass-through (builtin.forward, exactly-once commit):                     {fwd:>10.0} events/s  redis cpu {fwd_cpu:>5.2} µs/event  ratio {:.2}x raw  peak RSS {fwd_rss:.1} MB",
-            fwd / raw
+            "astra-bus throughput benchmark: {n} events x {rounds} alternating rounds, redis {version}, {} cores",
+            std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        let (cnt, cnt_cpu, cnt_rss) = daemon_drain(&server, n, "builtin.count_by_user").await;
-        println!(
-            "daemon stateful     (builtin.count_by_user, one HINCRBY per event):            {cnt:>10.0} events/s  redis cpu {cnt_cpu:>5.2} µs/event  ratio {:.2}x raw  peak RSS {cnt_rss:.1} MB",
-            cnt / raw
-        );
+        // (events/s, redis cpu µs/event) per round, and peak RSS.
+        let mut rows: [(Vec<f64>, Vec<f64>, f64); 3] = Default::default();
+        for r in 1..=rounds {
+            let (c, c_cpu) = ceiling(&server, n).await;
+            rows[0].0.push(c);
+            rows[0].1.push(c_cpu);
+            println!("round {r}: ceiling {c:>9.0} events/s {c_cpu:>5.2} µs/event");
+            for (i, handler) in [(1, "builtin.forward"), (2, "builtin.count_by_user")] {
+                let (e, cpu, rss) = daemon_drain(&server, n, handler).await;
+                rows[i].0.push(e);
+                rows[i].1.push(cpu);
+                rows[i].2 = rows[i].2.max(rss);
+                println!(
+                    "round {r}: {handler:<22} {e:>9.0} events/s {cpu:>5.2} µs/event  {:.2}x ceiling, {:.2}x its redis cpu",
+                    e / c,
+                    cpu / c_cpu
+                );
+            }
+        }
+        let labels = [
+            "ceiling (raw RESP client, 4 conns, XREADGROUP COUNT 100, XADD each + XACK, next read pipelined)",
+            "daemon pass-through (builtin.forward, full commit protocol)",
+            "daemon stateful (builtin.count_by_user, one HINCRBY per event)",
+        ];
+        let (_, ceiling_rate, _) = spread(&mut rows[0].0.clone());
+        let (_, ceiling_cpu, _) = spread(&mut rows[0].1.clone());
+        println!();
+        println!("| consumer | events/s (min–median–max) | ratio (median) | Redis CPU µs/event (median) | vs ceiling's CPU | peak RSS |");
+        println!("|---|---|---|---|---|---|");
+        for (i, label) in labels.iter().enumerate() {
+            let (lo, mid, hi) = spread(&mut rows[i].0);
+            let (_, cpu, _) = spread(&mut rows[i].1);
+            println!(
+                "| {label} | {lo:.0}–{mid:.0}–{hi:.0} | {:.2}x | {cpu:.2} | {:.2}x | {} |",
+                mid / ceiling_rate,
+                cpu / ceiling_cpu,
+                if i == 0 { "–".to_string() } else { format!("{:.1} MB", rows[i].2) }
+            );
+        }
+        println!();
         let (achieved, p50, p99, count) = latency_at(&server, rate, secs).await;
         println!(
             "latency at {achieved:.0} events/s published ({count} events, forward): publish→commit p50 {p50:.0} ms, p99 {p99:.0} ms (1 ms resolution: stream ids are ms)"
         );
+        if rss_n > 0 {
+            let (e, cpu, rss) = daemon_drain(&server, rss_n, "builtin.forward").await;
+            println!(
+                "drain of {rss_n} events (forward): {e:.0} events/s, {cpu:.2} µs redis cpu/event, daemon peak RSS {rss:.1} MB"
+            );
+        }
     });
 }
