@@ -1072,6 +1072,9 @@ async fn the_edge_runs_as_the_least_privilege_edge_user() {
         admin: Some(("test-admin".into(), "admin-pass".into())),
         ..Default::default()
     });
+    astra_bus::bus::script::ensure(&connect(&server.url()).await)
+        .await
+        .expect("admin loads the functions");
     let edge_url = server.url_as("astra-edge", "e");
     // The worker declares and consumes; the edge only publishes and reads.
     let (_wd, wcfg, _wport) = config(&server.url_as("astra-worker", "w"), |t| t);

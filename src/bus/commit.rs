@@ -12,7 +12,7 @@ use super::script::Script;
 use crate::envelope::Envelope;
 use crate::handlers::{Op, Reply};
 
-static COMMIT: Script = Script::new("commit", include_str!("commit.lua"));
+pub(crate) static COMMIT: Script = Script::new("commit", include_str!("commit.lua"));
 
 /// One event's part of a round.
 pub struct RoundItem<'a> {

@@ -9,7 +9,8 @@ use super::client::{BusError, Redis, Value, arg, as_array, as_bytes, as_int};
 use super::script::Script;
 use crate::envelope::Envelope;
 
-static SCRIPT: Script = Script::new("idempotent_publish", include_str!("idempotent.lua"));
+pub(crate) static SCRIPT: Script =
+    Script::new("idempotent_publish", include_str!("idempotent.lua"));
 
 /// The record key of `scope` (a digest of key holder, route and idempotency key) for
 /// `stream`.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::client::{BusError, Redis, Value, arg, as_array, as_int};
 use super::script::Script;
 
-static SCRIPT: Script = Script::new("ratelimit", include_str!("ratelimit.lua"));
+pub(crate) static SCRIPT: Script = Script::new("ratelimit", include_str!("ratelimit.lua"));
 
 /// One counter a request must fit in.
 #[derive(Debug, Clone, PartialEq, Eq)]
