@@ -598,6 +598,18 @@ impl Config {
             };
             cfg.edge.auth_origin = ("ASTRA_EDGE_AUTH".into(), 1, 1);
         }
+        if let Some(o) = env("ASTRA_EDGE_OPS").filter(|s| !s.is_empty()) {
+            cfg.edge.ops = match o.as_str() {
+                "open" => Some(false),
+                "keys" => Some(true),
+                _ => {
+                    return Err(env_diag(
+                        "ASTRA_EDGE_OPS",
+                        format!("must be \"open\" or \"keys\", got {o:?}"),
+                    ));
+                }
+            };
+        }
         if let Some(f) = env("ASTRA_EDGE_KEYS_FILE").filter(|s| !s.is_empty()) {
             cfg.edge.keys_file = Some(PathBuf::from(f));
         }

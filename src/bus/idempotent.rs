@@ -23,6 +23,8 @@ pub fn record_key(stream: &str, scope: &str) -> String {
 pub struct Record {
     /// The first request's fingerprint.
     pub fingerprint: String,
+    /// What the first request's route generated (JSON text; empty for old records).
+    pub extra: String,
     /// What was stored, in order.
     pub events: Vec<Stored>,
 }
@@ -47,12 +49,48 @@ pub enum Outcome {
     Replayed(Record),
 }
 
-/// Publishes `events` to `stream` unless `scope` was used within `ttl`.
+/// The claim key of `scope` for a request spanning several streams.
+pub fn claim_key(scope: &str) -> String {
+    format!("astra:edge:idem:claim:{scope}")
+}
+
+/// Claims `scope` for `fingerprint` (SET NX GET): true when it is this request's (claimed
+/// now, or earlier by the same request), false when another request holds it. A batch over
+/// several streams claims first, so a reused key is refused before any stream is written.
+pub async fn claim(
+    redis: &Redis,
+    scope: &str,
+    fingerprint: &str,
+    ttl: Duration,
+) -> Result<bool, BusError> {
+    let v = redis
+        .cmd(
+            "SET",
+            vec![
+                arg(claim_key(scope)),
+                arg(fingerprint),
+                arg("NX"),
+                arg("GET"),
+                arg("PX"),
+                arg(ttl.as_millis().max(1) as i64),
+            ],
+        )
+        .await?;
+    Ok(match as_bytes(&v) {
+        None => true,
+        Some(old) => old == fingerprint.as_bytes(),
+    })
+}
+
+/// Publishes `events` to `stream` unless `scope` was used within `ttl`; `extra` (one line
+/// of JSON) is kept in the record for the replayed answer.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_once(
     redis: &Redis,
     stream: &str,
     scope: &str,
     fingerprint: &str,
+    extra: &str,
     ttl: Duration,
     events: &[Envelope],
 ) -> Result<Outcome, BusError> {
@@ -60,6 +98,7 @@ pub async fn publish_once(
     let mut args = vec![
         arg(ttl.as_millis().max(1) as i64),
         arg(fingerprint),
+        arg(extra.replace('\n', " ")),
         arg(events.len() as i64),
     ];
     for e in events {
@@ -96,8 +135,13 @@ pub async fn publish_once(
 }
 
 fn parse_record(s: &str) -> Option<Record> {
-    let mut lines = s.split('\n');
+    let mut lines = s.split('\n').peekable();
     let fingerprint = lines.next()?.to_string();
+    // Records written before generated ids were kept have no `x` line.
+    let extra = match lines.peek() {
+        Some(l) if l.starts_with('x') => lines.next()?[1..].to_string(),
+        _ => String::new(),
+    };
     let mut events = vec![];
     for l in lines {
         let mut parts = l.split(' ');
@@ -110,6 +154,7 @@ fn parse_record(s: &str) -> Option<Record> {
     }
     Some(Record {
         fingerprint,
+        extra,
         events,
     })
 }
@@ -120,8 +165,10 @@ mod tests {
 
     #[test]
     fn records_parse() {
-        let r = parse_record("fp\nid1 c1 1-0\nid2 c2 1-1").unwrap();
+        let r = parse_record("fp\nx{\"user_id\":\"u\"}\nid1 c1 1-0\nid2 c2 1-1").unwrap();
         assert_eq!(r.fingerprint, "fp");
+        assert_eq!(r.extra, "{\"user_id\":\"u\"}");
+        assert_eq!(parse_record("fp\nid1 c1 1-0").unwrap().extra, "");
         assert_eq!(r.events.len(), 2);
         assert_eq!(
             r.events[1],
