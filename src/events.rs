@@ -129,8 +129,10 @@ pub fn check_consumed(
         return Ok(());
     };
     let v = data()?;
-    p.check_lenient(&v)
-        .map_err(|e| format!("payload of {stream} out of bounds: {e}"))
+    p.check_consumed(&v).map_err(|e| match e.field {
+        Some(f) => format!("field `{f}`: {} (the contract of {stream})", e.message),
+        None => format!("{} (the contract of {stream})", e.message),
+    })
 }
 
 // ---------------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ impl From<fred::error::Error> for BusError {
             return BusError::OutOfMemory(details);
         }
         match e.kind() {
-            K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster => {
+            // Routing: no connection to send the command on (Redis down, fail-fast).
+            K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster | K::Routing => {
                 BusError::Unavailable(format!("{:?}: {details}", e.kind()))
             }
             _ if details.starts_with("LOADING")

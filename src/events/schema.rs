@@ -360,7 +360,29 @@ impl Payload {
     }
 
     /// Checks a decoded payload as consumers do: fields they do not know are tolerated
-    /// (producers may add optional fields within a version), known ones must fit.
+    /// (producers may add optional fields within a version), the strings they know must
+    /// fit (they become keys and members). Numbers are left to each handler's own rules,
+    /// which name their limits (the edge applies the tighter bounds above).
+    pub fn check_consumed(&self, v: &Value) -> Result<(), Problem> {
+        let Some(obj) = v.as_object() else {
+            return Err(Problem {
+                field: None,
+                message: "payload must be an object".into(),
+            });
+        };
+        for f in self.fields {
+            if matches!(f.kind, Kind::Number { .. }) {
+                continue;
+            }
+            if let Some(v @ Value::String(_)) = obj.get(f.name) {
+                check_value(f, v).map_err(|m| Problem::at(f.name, m))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a payload against every bound (the CLI's publish): fields it does not know
+    /// are tolerated, known ones must fit.
     pub fn check_lenient(&self, v: &Value) -> Result<(), Problem> {
         let Some(obj) = v.as_object() else {
             return Err(Problem {
@@ -548,7 +570,22 @@ mod tests {
     }
 
     #[test]
-    fn consumers_tolerate_unknown_fields_but_not_broken_bounds() {
+    fn consumers_check_strings_and_tolerate_unknown_fields() {
+        let v: Value = serde_json::from_str(&trade().replace("u1", &"u".repeat(200))).unwrap();
+        assert_eq!(
+            TRADE_EXECUTED
+                .check_consumed(&v)
+                .unwrap_err()
+                .field
+                .as_deref(),
+            Some("user_id")
+        );
+        let v: Value = serde_json::from_str(&trade().replace("}", r#","extra":1}"#)).unwrap();
+        TRADE_EXECUTED.check_consumed(&v).unwrap();
+    }
+
+    #[test]
+    fn the_cli_checks_every_bound_but_tolerates_unknown_fields() {
         let v: Value = serde_json::from_str(&trade().replace("}", r#","extra":1}"#)).unwrap();
         TRADE_EXECUTED.check_lenient(&v).unwrap();
         let v: Value = serde_json::from_str(&trade().replace("100", "0")).unwrap();
