@@ -269,7 +269,7 @@ async fn every_bad_request_gets_a_json_4xx() {
     let r = http(port, "GET", &path, &[], b"").await;
     assert_error(&r, 405, "method_not_allowed");
 
-    // 413: a body over max_body_bytes, a batch over max_batch.
+    // 413: a body over max_body_bytes; 422: a batch over max_batch.
     let big = json!({"pad": "x".repeat(5000)});
     let r = post_json(port, &path, &[], &big).await;
     assert_error(&r, 413, "payload_too_large");
@@ -277,7 +277,7 @@ async fn every_bad_request_gets_a_json_4xx() {
         .map(|i| json!({"stream": TRADE, "data": trade(&format!("t{i}"), "u")}))
         .collect();
     let r = post_json(port, "/v1/events", &[], &json!({ "events": four })).await;
-    assert_error(&r, 413, "batch_too_large");
+    assert_error(&r, 422, "batch_too_large");
 
     // 415: another content type, or none.
     let r = http(
@@ -369,7 +369,7 @@ async fn an_idempotent_retry_returns_the_first_answer_and_stores_nothing() {
         &trade("t2", "u1"),
     )
     .await;
-    assert_error(&other, 422, "idempotency_key_reused");
+    assert_error(&other, 409, "idempotency_key_reused");
     assert_eq!(xlen(&redis, TRADE).await, 1);
     // A batch across two streams, retried: the same ids, nothing new.
     let batch = json!({"events": [

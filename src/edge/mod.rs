@@ -321,8 +321,8 @@ impl Edge {
         }
         if let Some((i, b)) = buckets.iter().enumerate().find(|(_, b)| b.limit < cost) {
             return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "batch_too_large",
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
                 format!(
                     "this batch counts {cost} events against a {} limit of {} per {}: it can \
                      never pass; send at most {} events per request",
@@ -332,7 +332,8 @@ impl Edge {
                     b.limit
                 ),
             )
-            .with("limit", kinds[i]));
+            .with("limit", kinds[i])
+            .retry_after(rl.window));
         }
         let redis = self.redis()?;
         let v = ratelimit::check(redis, rl.window, cost, &buckets)

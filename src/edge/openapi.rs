@@ -87,11 +87,12 @@ fn common_errors(r: &mut Map<String, Value>, keyed: bool, publish: bool) {
     }
     if publish {
         codes.push((
-            "413",
-            "Body larger than edge.max_body_bytes, or a batch larger than edge.max_batch or a rate limit",
+            "409",
+            "The Idempotency-Key was used for another request (nothing stored)",
         ));
+        codes.push(("413", "Body larger than edge.max_body_bytes"));
         codes.push(("415", "Content-Type not accepted here"));
-        codes.push(("422", "The payload breaks its contract (`field`, `index`), or the Idempotency-Key was used for another request"));
+        codes.push(("422", "The payload breaks its contract (`field`, `index`), or a batch has more than edge.max_batch events"));
     }
     for (c, d) in codes {
         r.insert(c.into(), err(d));
@@ -142,13 +143,15 @@ fn ops_op(summary: &str, keyed: bool, mut responses: Map<String, Value>) -> Valu
 }
 
 fn envelope_schema(stream: &str, event_type: &str, v: u32, data: Value, cfg: &Config) -> Value {
-    // ts: within edge.envelope_skew of now; documented as the middle half of that window,
-    // so a value from this document stays valid while a client uses it.
-    let now = crate::envelope::now_ms();
-    let half = cfg.edge.envelope_skew.as_millis() as i64 / 2;
     json!({
         "type": "object", "additionalProperties": false, "required": ["data"],
-        "description": format!("A full envelope for {stream}; `src` is always the key's name (give it only equal to that)"),
+        "description": format!(
+            "A full envelope for {stream}. Also accepted: `ts` (occurred-at, Unix ms), only within \
+             edge.envelope_skew = {} of the edge's clock (a window that moves with the clock, so it \
+             is not a static property here; else the edge's time is used), and `src`, only equal to \
+             your key's name (it is always set to it)",
+            humantime::format_duration(cfg.edge.envelope_skew)
+        ),
         "properties": {
             "id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": VISIBLE,
                    "description": "Your id for the event; stored as a UUID derived from (your key, this id), so a retry with it is applied once"},
@@ -156,8 +159,6 @@ fn envelope_schema(stream: &str, event_type: &str, v: u32, data: Value, cfg: &Co
             "v": {"type": "integer", "enum": [v]},
             "cid": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": VISIBLE},
             "caus": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": VISIBLE},
-            "ts": {"type": "integer", "minimum": now - half, "maximum": now + half,
-                   "description": "Occurred-at, Unix ms, within edge.envelope_skew of the edge's clock"},
             "tp": {"type": "string", "description": "W3C traceparent (an invalid one is ignored)"},
             "data": data,
         }

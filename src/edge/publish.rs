@@ -47,6 +47,15 @@ enum BodyKind {
     Envelope,
 }
 
+/// An optional field that may be left out but not be `null` (the schema says its type).
+fn non_null<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// A full envelope as a client sends it; everything but `data` is optional.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,21 +63,28 @@ struct EnvelopeIn<'a> {
     /// Event id chosen by the client, namespaced by its producer: the stored id is a UUID
     /// derived from (producer, id), so a retry with the same id gets the same event id
     /// (consumers apply it once) and no producer can take another's ids.
+    #[serde(default, deserialize_with = "non_null")]
     id: Option<String>,
     /// `<domain>.<event>`; must match the stream.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "non_null")]
     event_type: Option<String>,
     /// Schema version; must match the stream.
+    #[serde(default, deserialize_with = "non_null")]
     v: Option<u32>,
     /// Correlation id (else `X-Correlation-ID`, else generated).
+    #[serde(default, deserialize_with = "non_null")]
     cid: Option<String>,
     /// Causation id.
+    #[serde(default, deserialize_with = "non_null")]
     caus: Option<String>,
     /// Occurred-at, Unix ms, within `edge.envelope_skew` of the edge's clock (else now).
+    #[serde(default, deserialize_with = "non_null")]
     ts: Option<i64>,
     /// Producer: always the key's name; accepted only when it says so.
+    #[serde(default, deserialize_with = "non_null")]
     src: Option<String>,
     /// W3C traceparent (else the `traceparent` header); an invalid one is ignored.
+    #[serde(default, deserialize_with = "non_null")]
     tp: Option<String>,
     /// The payload.
     #[serde(borrow)]
@@ -82,10 +98,10 @@ struct ItemIn<'a> {
     /// Target stream.
     stream: String,
     /// The payload (or give `envelope`).
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "non_null")]
     data: Option<&'a RawValue>,
     /// A full envelope (or give `data`).
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "non_null")]
     envelope: Option<&'a RawValue>,
 }
 
@@ -500,9 +516,10 @@ fn digest(parts: &[&[u8]]) -> String {
     hex(&h.finalize())
 }
 
+/// 409: the key belongs to another request (the first one's answer stands).
 fn key_reused() -> ApiError {
     ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
+        StatusCode::CONFLICT,
         "idempotency_key_reused",
         "this Idempotency-Key was used for a different request within edge.idempotency_ttl; \
          use a new key for a new request (nothing was stored)",
@@ -725,7 +742,7 @@ pub async fn publish_batch(
     let items = serde::de::DeserializeSeed::deserialize(BatchSeed { max }, &mut de).map_err(|e| {
         if e.to_string().contains("edge.max_batch") {
             ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::UNPROCESSABLE_ENTITY,
                 "batch_too_large",
                 format!("more than edge.max_batch = {max} events; split the batch"),
             )
