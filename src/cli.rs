@@ -246,8 +246,11 @@ pub fn main() -> ExitCode {
         }
     }
     crate::logging::init(&cli.log_format);
+    // Blocking threads (DNS lookups, file reads) stay few: the systemd unit's TasksMax
+    // bounds the process's threads.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(64)
         .build()
     {
         Ok(rt) => rt,

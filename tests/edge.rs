@@ -425,7 +425,7 @@ async fn api_keys_are_required_scoped_and_ops_routes_configurable() {
     );
     let (_dir, cfg, port) = config(&server.url(), |t| {
         t.replace("auth = \"off\"", "auth = \"keys\"")
-            .replace("ops = \"open\"", "ops = \"keys\"")
+            .replace("# ops = \"keys\"", "ops = \"keys\"")
             .replace("[edge.rate_limit]\n", &format!("{keys}[edge.rate_limit]\n"))
     });
     let daemon = InProc::start_role(cfg, Registry::builtin(), Role::Edge).await;
