@@ -506,7 +506,7 @@ fn the_systemd_unit_runs_as_shipped_after_the_admin_step() {
     );
     // ExecStart, with /etc/astra-bus mapped to the temp dir.
     let exec = &unit["ExecStart"][0];
-    let mut args: Vec<String> = exec
+    let args: Vec<String> = exec
         .split_whitespace()
         .skip(1)
         .map(|a| a.replace("/etc/astra-bus", &etc.path.to_string_lossy()))

@@ -622,7 +622,7 @@ fn ops_routes_need_a_key_on_a_public_listener() {
         "--role",
         "edge",
         "--config",
-        &dir.path.to_string_lossy().into_owned(),
+        &dir.path.to_string_lossy(),
     ];
     let d = Binary::start_args(&args, &env, &logs, port);
     for p in [

@@ -537,6 +537,7 @@ struct Outcome {
 /// Publishes `events` (stream, envelope): in one pipelined round, or with an idempotency
 /// key as one script per stream (a batch over several streams first claims the key, so a
 /// reused key refuses before anything is stored).
+#[allow(clippy::too_many_arguments)]
 async fn store(
     edge: &Edge,
     ctx: &RequestCtx,
