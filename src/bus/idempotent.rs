@@ -49,14 +49,15 @@ pub enum Outcome {
     Replayed(Record),
 }
 
-/// The claim key of `scope` for a request spanning several streams.
+/// The claim key of `scope`.
 pub fn claim_key(scope: &str) -> String {
     format!("astra:edge:idem:claim:{scope}")
 }
 
 /// Claims `scope` for `fingerprint` (SET NX GET): true when it is this request's (claimed
-/// now, or earlier by the same request), false when another request holds it. A batch over
-/// several streams claims first, so a reused key is refused before any stream is written.
+/// now, or earlier by the same request), false when another request holds it. Every
+/// idempotent publish claims first, so a reused key is refused before any stream is
+/// written (the per-stream records then make each stream's publish happen once).
 pub async fn claim(
     redis: &Redis,
     scope: &str,

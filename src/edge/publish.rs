@@ -535,8 +535,8 @@ struct Outcome {
 }
 
 /// Publishes `events` (stream, envelope): in one pipelined round, or with an idempotency
-/// key as one script per stream (a batch over several streams first claims the key, so a
-/// reused key refuses before anything is stored).
+/// key as one script per stream after claiming the key (so a reused key refuses before
+/// anything is stored).
 #[allow(clippy::too_many_arguments)]
 async fn store(
     edge: &Edge,
@@ -588,14 +588,15 @@ async fn store(
             None => by_stream.push((s.clone(), vec![i])),
         }
     }
+    // The key is claimed for this request's fingerprint first (one SET NX): a request
+    // with another body is refused before any stream is written, whatever streams each
+    // of the two requests spans.
     let ttl = edge.config.edge.idempotency_ttl;
-    if by_stream.len() > 1 {
-        let claimed = idempotent::claim(redis, &scope, &fingerprint, ttl)
-            .await
-            .map_err(|e| ApiError::redis(&e))?;
-        if !claimed {
-            return Err(key_reused());
-        }
+    let claimed = idempotent::claim(redis, &scope, &fingerprint, ttl)
+        .await
+        .map_err(|e| ApiError::redis(&e))?;
+    if !claimed {
+        return Err(key_reused());
     }
     let extra_text = Value::Object(extra).to_string();
     let mut out = vec![Stored::default(); events.len()];
