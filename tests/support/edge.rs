@@ -51,7 +51,10 @@ impl Binary {
             if let Ok(Some(st)) = b.child.try_wait() {
                 panic!("astra-bus exited with {st}: {}", b.log_text());
             }
-            if get(port, "/health").is_some_and(|(s, _)| s == 200) {
+            // Up, and connected to Redis (ops routes answer 503 until then; 401 when keyed).
+            if get(port, "/health").is_some_and(|(s, _)| s == 200)
+                && get(port, "/v1/streams").is_some_and(|(s, _)| s != 503)
+            {
                 return b;
             }
             assert!(
