@@ -1258,6 +1258,12 @@ async fn the_edge_works_on_a_redis_cluster() {
     let redis = connect(&cluster.url()).await;
     let r = http(port, "GET", "/ready", &[], b"").await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // Every master has this binary's function library (each master has its own).
+    let lib = &astra_bus::bus::script::library().name;
+    for p in &cluster.ports {
+        let listed = support::raw_command(*p, &["FUNCTION", "LIST", "LIBRARYNAME", lib]).unwrap();
+        assert!(listed.contains(lib.as_str()), "master {p}: {listed}");
+    }
     // A batch across streams in three slots, retried with its idempotency key.
     let batch = json!({"events": [
         {"stream": streams::REGISTERED, "data": {"user_id": "cu", "display_name": "C"}},
