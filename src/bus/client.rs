@@ -83,7 +83,9 @@ impl From<fred::error::Error> for BusError {
             K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster | K::Routing => {
                 BusError::Unavailable(format!("{:?}: {details}", e.kind()))
             }
-            _ if details.starts_with("LOADING")
+            // No connection to send it on (fred reports this one as Unknown).
+            _ if details.starts_with("Failed to route command")
+                || details.starts_with("LOADING")
                 // "BUSY " (a script is running), not BUSYGROUP (group exists).
                 || details.starts_with("BUSY ")
                 || details.starts_with("TRYAGAIN")
