@@ -16,6 +16,8 @@ use support::RedisServer;
 use support::edge::{Binary, shipped_config, unlimited};
 
 fn schemathesis(port: u16, extra: &[&str]) {
+    // It keeps a cache of examples in its working directory: not the repository.
+    let cwd = support::TempDir::new("schemathesis");
     let examples = std::env::var("ASTRA_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "25".into());
     let seed = std::env::var("ASTRA_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
     let out = Command::new("st")
@@ -24,6 +26,7 @@ fn schemathesis(port: u16, extra: &[&str]) {
         .args(["--request-timeout", "20"])
         .args(extra)
         .env("NO_COLOR", "1")
+        .current_dir(&cwd.path)
         .output()
         .expect("schemathesis (`st`) is installed by setup/test: pip install schemathesis");
     let text =
