@@ -14,11 +14,17 @@
 //! [`Edge::authenticate`] (first) and [`Edge::limit`] (once the request is known valid, so
 //! only requests that reach Redis count). Every error is JSON `{error, detail}`.
 //!
+//! Below the router, [`server`] owns the connections: header deadline, idle limit,
+//! connection caps. Identity is what [`Edge::authenticate`] verified ([`auth::Caller`]):
+//! rate-limit buckets, idempotency records and client-chosen event ids all derive from it,
+//! never from a bare `X-User-ID` when keys are on.
+//!
 //! The edge's Redis handle is fail-fast ([`crate::bus::Redis::fail_fast`]): while Redis is
 //! unreachable a publish is answered 503 at once and is never sent later behind the
 //! client's back.
 
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod openapi;
 pub mod ops;
