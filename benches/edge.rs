@@ -204,6 +204,8 @@ async fn start_edge(url: &str, rate_limits: bool) -> Edge {
     let mut text = std::fs::read_to_string(&p).unwrap();
     // 10,000 users: the per-user limits are not what is measured.
     text = text.replace("per_user = 200", "per_user = 1000000");
+    // One client address sends everything: the per-address service limit is not measured.
+    text = text.replace("per_client = 1000", "per_client = 100000000");
     text = text.replace("trading = 100", "trading = 1000000");
     if !rate_limits {
         text = text.replace(
@@ -245,6 +247,74 @@ async fn start_edge(url: &str, rate_limits: bool) -> Edge {
     }
 }
 
+/// CPU the edge spends on 1 MiB bodies built to be expensive (the most of 5 each), read
+/// from /proc: the per-request bound is < 100 ms of CPU for any 1 MiB body.
+async fn worst_case_cpu(edge: &Edge) {
+    let mib = 1 << 20;
+    let mut unknown = String::from("{");
+    let mut i = 0;
+    while unknown.len() < mib - 200 {
+        unknown.push_str(&format!("\"k{i:06}\":{i},"));
+        i += 1;
+    }
+    unknown.push_str("\"quantity\":\"oops\"}");
+    let mut valid_prefix = String::from("{\"trade_id\":\"t\",\"symbol\":\"");
+    valid_prefix.push_str(&"\\u00e9".repeat((mib - 64) / 6));
+    valid_prefix.push_str("\"}");
+    let mut batch = String::from("{\"events\":[");
+    while batch.len() < mib - 10 {
+        batch.push_str("{},");
+    }
+    batch.pop();
+    batch.push_str("]}");
+    let cases = [
+        (
+            "20k unknown keys + a type error",
+            format!("/v1/events/{STREAM}"),
+            unknown,
+        ),
+        (
+            "1 MiB of unicode escapes",
+            format!("/v1/events/{STREAM}"),
+            valid_prefix,
+        ),
+        (
+            "1 MiB number",
+            format!("/v1/events/{STREAM}"),
+            format!("{{\"quantity\":{}}}", "9".repeat(mib - 20)),
+        ),
+        (
+            "deep nesting",
+            format!("/v1/events/{STREAM}"),
+            format!("{}{}", "[".repeat(mib / 2 - 8), "]".repeat(mib / 2 - 8)),
+        ),
+        ("batch of 350k items", "/v1/events".to_string(), batch),
+    ];
+    for (name, path, body) in cases {
+        let mut worst = 0.0f64;
+        let mut status = String::new();
+        for _ in 0..5 {
+            let cpu0 = cpu_seconds(edge.child.id());
+            let mut s = TcpStream::connect(("127.0.0.1", edge.port)).await.unwrap();
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nHost: b\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(body.as_bytes()).await.unwrap();
+            let mut out = vec![];
+            let _ = s.read_to_end(&mut out).await;
+            status = String::from_utf8_lossy(&out[..out.len().min(12)]).into_owned();
+            worst = worst.max(cpu_seconds(edge.child.id()) - cpu0);
+        }
+        println!(
+            "          worst case {name:<32} ({} KiB): {status}  edge cpu at most {:.1} ms",
+            body.len() / 1024,
+            worst * 1e3
+        );
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n: usize = std::env::var("ASTRA_BENCH_REQUESTS")
@@ -280,6 +350,9 @@ fn main() {
                 p99.as_secs_f64() * 1e3,
                 rps / base
             );
+            if !limits {
+                worst_case_cpu(&edge).await;
+            }
             let (achieved, p50, p99) = paced(edge.port, rate, secs).await;
             println!(
                 "          paced at {rate}/s for {secs}s (achieved {achieved:.0}/s): p50 {:.2} ms  p99 {:.2} ms",

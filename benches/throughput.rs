@@ -80,12 +80,17 @@ async fn ceiling(server: &RedisServer, n: usize) -> (f64, f64) {
         .await
         .unwrap();
     preload(&redis, n, 100).await;
+    let stats0 = server.command_stats();
     let cpu0 = server.cpu_seconds();
     let port = server.port;
     let (moved, secs) = tokio::task::spawn_blocking(move || raw::drain(port, IN, OUT, "raw", 4))
         .await
         .unwrap();
     let cpu = server.cpu_seconds() - cpu0;
+    println!(
+        "  ceiling: redis time per event by command: {}",
+        where_time_went(&stats0, &server.command_stats(), n)
+    );
     assert_eq!(moved, n);
     assert_eq!(
         astra_bus::bus::client::as_int(&redis.cmd("XLEN", vec![arg(OUT)]).await.unwrap()),
@@ -146,6 +151,35 @@ fn peak_rss_mb(pid: u32) -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// Where Redis's time went between two `INFO commandstats` readings, per event: one line
+/// per command with its calls and µs per event (commands inside scripts count twice: under
+/// their own name and in the script's total).
+fn where_time_went(
+    before: &std::collections::BTreeMap<String, (u64, u64)>,
+    after: &std::collections::BTreeMap<String, (u64, u64)>,
+    events: usize,
+) -> String {
+    let mut rows: Vec<(String, u64, u64)> = after
+        .iter()
+        .map(|(k, (c, u))| {
+            let (c0, u0) = before.get(k).copied().unwrap_or_default();
+            (k.clone(), c - c0, u - u0)
+        })
+        .filter(|(_, c, _)| *c > 0)
+        .collect();
+    rows.sort_by(|a, b| b.2.cmp(&a.2));
+    rows.iter()
+        .map(|(k, c, u)| {
+            format!(
+                "{k} {:.3} calls {:.2} µs",
+                *c as f64 / events as f64,
+                *u as f64 / events as f64
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Preloads `n` events, starts the daemon binary, times the drain.
 async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f64, f64) {
     let redis = Redis::connect(&server.url(), Duration::from_secs(5))
@@ -156,6 +190,7 @@ async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f6
     let logs = TempDir::new("bench-logs");
     // Declare first so the group exists before the preload (start_id 0 reads it all anyway).
     preload(&redis, n, 100).await;
+    let stats0 = server.command_stats();
     let cpu0 = server.cpu_seconds();
     let start = Instant::now();
     let mut d = DaemonProcess::start(&dir.path, &server.url(), "bench", &logs.path);
@@ -175,6 +210,10 @@ async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f6
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = server.cpu_seconds() - cpu0;
+    println!(
+        "  {handler}: redis time per event by command: {}",
+        where_time_went(&stats0, &server.command_stats(), n)
+    );
     rss = rss.max(peak_rss_mb(d.child.id()));
     let (st, _) = d.terminate(Duration::from_secs(20));
     assert!(st.success());

@@ -72,13 +72,21 @@ pub enum Command {
     /// Example: astra-bus check --config /etc/astra-bus
     Check,
 
-    /// Create every stream and consumer group (idempotent).
+    /// Load this binary's Redis function library, create every stream and consumer group
+    /// (idempotent).
     ///
-    /// Reports per group and stream `created` or `exists`, and lists groups that exist in
+    /// Run it as an admin (a Redis user allowed FUNCTION LOAD, e.g. astra-admin of
+    /// setup/redis-users.acl) after installing or upgrading: the daemon's own users may
+    /// only call the functions. Reports the library (`loaded` / `present`, other versions
+    /// left alone), per group and stream `created` or `exists`, and groups that exist in
     /// Redis on declared streams but are not in the config (they are left alone).
     ///
-    /// Example: ASTRA_REDIS_URL=redis://127.0.0.1:6379 astra-bus declare
+    /// Example: ASTRA_REDIS_URL=redis://astra-admin@127.0.0.1:6379 astra-bus declare
     Declare,
+
+    /// Print this binary's Redis function library (the code `declare` loads), for an admin
+    /// who loads it by hand: `astra-bus functions | redis-cli -x FUNCTION LOAD REPLACE`.
+    Functions,
 
     /// Run the daemon: declare, then consume with every configured group until SIGTERM.
     ///
@@ -239,8 +247,11 @@ pub fn main() -> ExitCode {
         }
     }
     crate::logging::init(&cli.log_format);
+    // Blocking threads (DNS lookups, file reads) stay few: the systemd unit's TasksMax
+    // bounds the process's threads.
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(64)
         .build()
     {
         Ok(rt) => rt,
@@ -277,6 +288,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Declare => {
             let cfg = load(&cli)?;
             let redis = connect(&cfg).await?;
+            let lib = crate::bus::script::ensure(&redis).await?;
+            for n in &lib.loaded {
+                println!("functions {} on {n}: loaded", lib.name);
+            }
+            for n in &lib.present {
+                println!("functions {} on {n}: present", lib.name);
+            }
+            for o in &lib.others {
+                println!(
+                    "functions {o}: another version's library (left alone; FUNCTION DELETE {o} once no binary of that version runs)"
+                );
+            }
             let report = declare(&redis, &cfg).await?;
             for s in &report.streams_created {
                 println!("stream {s}: created");
@@ -301,6 +324,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 report.unknown_groups.len()
             );
             redis.quit().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Functions => {
+            print!("{}", crate::bus::script::library().code);
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { role } => run_daemon(&cli, role).await,

@@ -194,6 +194,26 @@ pub async fn run_with(
     }
     edge.connected(&redis);
     let mut backoff = redis_backoff();
+    // Every script runs as a function of this binary's library: check it is loaded on
+    // every master (loading it when this user may). A user that may not load it waits
+    // here, saying which admin step is missing, until an admin has run it.
+    loop {
+        match crate::bus::script::ensure(&redis).await {
+            Ok(r) => {
+                tracing::info!(library = %r.name, loaded = ?r.loaded, others = ?r.others, "redis functions ready");
+                break;
+            }
+            Err(e) => {
+                let d = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::error!(error = %e, "redis functions not ready, checking again in {d:?}");
+                if !sleep_or_shutdown(d, &mut sd).await {
+                    redis.quit().await;
+                    return drain(tasks, &config).await;
+                }
+            }
+        }
+    }
+    let mut backoff = redis_backoff();
     // The edge alone neither declares nor consumes: whoever runs the groups declares.
     let mut declared = opts.role != Role::All;
     while !declared {

@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod schema;
+
 /// Stream names of the shipped topology.
 pub mod streams {
     pub const TRADE_EXECUTED: &str = "astra.trading.trade_executed.v1";
@@ -55,9 +57,11 @@ pub fn notional_cents(quantity: f64, price_usd: f64) -> Option<i64> {
     usd_to_cents(quantity * price_usd)
 }
 
-/// Checks a JSON payload against the typed schema of `stream` (known streams only; any
-/// JSON object is accepted on streams this binary has no schema for). The error names
-/// the field and the reason.
+/// Checks a JSON payload against the schema of `stream` (known streams only; any JSON
+/// object is accepted on streams this binary has no schema for). The five public inputs
+/// are checked against their bounds ([`schema`], unknown fields tolerated as consumers
+/// tolerate them); derived payloads against their types. The error names the field and
+/// the reason. Cost is linear in the payload.
 pub fn validate_json(stream: &str, v: &serde_json::Value) -> Result<(), String> {
     fn check<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<(), String> {
         T::deserialize(v)
@@ -66,12 +70,13 @@ pub fn validate_json(stream: &str, v: &serde_json::Value) -> Result<(), String> 
     }
     // serde's type errors do not name the field ("invalid type: string, expected f64").
     // Find it: the field whose removal makes the error go away, or turn into "missing
-    // field `that one`", is the culprit. Only runs on the error path, on small objects.
+    // field `that one`", is the culprit. Derived payloads have a handful of fields; on a
+    // larger object this would cost (keys x size), so it is not attempted there.
     fn locate<T: serde::de::DeserializeOwned>(v: &serde_json::Value, msg: String) -> String {
         if msg.starts_with("missing field") || msg.starts_with("unknown field") {
             return msg;
         }
-        let Some(obj) = v.as_object() else {
+        let Some(obj) = v.as_object().filter(|o| o.len() <= 32) else {
             return msg;
         };
         for k in obj.keys() {
@@ -90,40 +95,11 @@ pub fn validate_json(stream: &str, v: &serde_json::Value) -> Result<(), String> 
     if !v.is_object() {
         return Err("payload must be a JSON object".into());
     }
+    if let Some(p) = schema::payload(stream) {
+        return p.check_lenient(v).map_err(|e| e.to_string());
+    }
     use streams::*;
     match stream {
-        TRADE_EXECUTED => {
-            check::<TradeExecuted>(v)?;
-            let t = TradeExecuted::deserialize(v).map_err(|e| e.to_string())?;
-            if !(t.quantity.is_finite() && t.quantity > 0.0) {
-                return Err(format!("quantity: must be > 0, got {}", t.quantity));
-            }
-            if usd_to_cents(t.price_usd).is_none() {
-                return Err(format!(
-                    "price_usd: must be a non-negative amount, got {}",
-                    t.price_usd
-                ));
-            }
-            if let Some(f) = t.fee_usd
-                && usd_to_cents(f).is_none()
-            {
-                return Err(format!("fee_usd: must be a non-negative amount, got {f}"));
-            }
-            for (name, val) in [
-                ("trade_id", &t.trade_id),
-                ("user_id", &t.user_id),
-                ("symbol", &t.symbol),
-            ] {
-                if val.is_empty() {
-                    return Err(format!("{name}: must not be empty"));
-                }
-            }
-            Ok(())
-        }
-        INTERACTION => check::<Interaction>(v),
-        REGISTERED => check::<UserRegistered>(v),
-        SUBSCRIPTION_CHANGED => check::<SubscriptionChanged>(v),
-        SALE_COMPLETED => check::<SaleCompleted>(v),
         POSITION_UPDATED => check::<PositionUpdated>(v),
         RISK_ALERT => check::<RiskAlert>(v),
         XP_AWARDED => check::<XpAwarded>(v),
@@ -140,6 +116,23 @@ pub fn validate_json(stream: &str, v: &serde_json::Value) -> Result<(), String> 
         NOTIFICATION_REQUESTED => check::<NotificationRequested>(v),
         _ => Ok(()),
     }
+}
+
+/// Checks a consumed entry's payload against its public contract (the five inputs): what
+/// a producer wrote straight into Redis (bypassing the edge) must fit the same bounds, or
+/// the event is poison. `Ok` for every other stream.
+pub fn check_consumed(
+    stream: &str,
+    data: impl FnOnce() -> Result<serde_json::Value, String>,
+) -> Result<(), String> {
+    let Some(p) = schema::payload(stream) else {
+        return Ok(());
+    };
+    let v = data()?;
+    p.check_consumed(&v).map_err(|e| match e.field {
+        Some(f) => format!("field `{f}`: {} (the contract of {stream})", e.message),
+        None => format!("{} (the contract of {stream})", e.message),
+    })
 }
 
 // ---------------------------------------------------------------------------------------

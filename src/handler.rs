@@ -48,7 +48,12 @@ pub struct Event {
 
 impl Event {
     /// Decodes the payload; a payload that does not fit is poison (dead-lettered at once).
+    /// A public input must also fit its bounds (`events::schema`), whoever wrote it.
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        crate::events::check_consumed(&self.stream, || {
+            self.env.data_as_json().map_err(|e| e.to_string())
+        })
+        .map_err(HandlerError::Poison)?;
         self.env
             .payload()
             .map_err(|e: EnvelopeError| HandlerError::Poison(e.to_string()))

@@ -175,6 +175,10 @@ async fn end_to_end_scenario_runs_as_the_least_privilege_worker() {
     // Unauthenticated clients get nothing.
     let anon = support::raw_command(server.port, &["PING"]).unwrap();
     assert!(anon.starts_with("-NOAUTH"), "{anon}");
+    // The admin step: load the function library (the worker may only call it).
+    astra_bus::bus::script::ensure(&connect(&server.url()).await)
+        .await
+        .expect("admin loads the functions");
     let worker = server.url_as("astra-worker", "worker-pass");
     scenario(&worker, &server.url()).await;
     // The paths that run on timers (reclaim, consumer pruning, retention, the health

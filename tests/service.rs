@@ -781,8 +781,14 @@ fn the_compose_file_parses_and_names_files_that_exist() {
     let compose = yaml(&setup.join("docker-compose.yml"));
     let services = compose["services"].as_object().unwrap();
     let names: Vec<&str> = services.keys().map(String::as_str).collect();
-    assert_eq!(names.len(), 3, "{names:?}");
-    for s in ["redis", "astra-bus", "prometheus"] {
+    assert_eq!(names.len(), 5, "{names:?}");
+    for s in [
+        "redis",
+        "astra-init",
+        "astra-bus",
+        "astra-edge",
+        "prometheus",
+    ] {
         assert!(services.contains_key(s), "{s} in {names:?}");
     }
     // Every bind-mounted host path exists (relative to the compose file's directory).
@@ -811,12 +817,14 @@ fn the_compose_file_parses_and_names_files_that_exist() {
     let build = &services["astra-bus"]["build"];
     let ctx = setup.join(build["context"].as_str().unwrap());
     assert!(ctx.join(build["dockerfile"].as_str().unwrap()).is_file());
-    // The one file that is not in git is the secret, created by the user.
+    // The files that are not in git are the secrets, created by the user.
     let secrets = compose["secrets"].as_object().unwrap();
-    assert_eq!(
-        secrets["redis_password"]["file"],
-        "./secrets/redis-password"
-    );
+    for u in ["admin", "worker", "edge"] {
+        assert_eq!(
+            secrets[&format!("redis_{u}_password")]["file"],
+            format!("./secrets/redis-{u}-password")
+        );
+    }
     let ignore = std::fs::read_to_string(repo_root().join(".gitignore")).unwrap();
     assert!(ignore.lines().any(|l| l == "setup/secrets/"));
     // The daemon listens beyond loopback, so edge auth is on; its password is the secret.
@@ -825,7 +833,7 @@ fn the_compose_file_parses_and_names_files_that_exist() {
     assert_eq!(env["ASTRA_EDGE_AUTH"], "keys");
     assert_eq!(
         env["ASTRA_REDIS_PASSWORD_FILE"],
-        "/run/secrets/redis_password"
+        "/run/secrets/redis_worker_password"
     );
     assert!(
         env["ASTRA_REDIS_URL"]

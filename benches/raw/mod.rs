@@ -159,13 +159,7 @@ fn consumer(addr: &str, stream: &str, out_stream: &str, group: &str, name: &str)
 
 /// Drains `stream` through `conns` ceiling consumers of `group` (already created), each
 /// republishing to `out_stream`. Returns (entries moved, seconds).
-pub fn drain(
-    port: u16,
-    stream: &str,
-    out_stream: &str,
-    group: &str,
-    conns: usize,
-) -> (usize, f64) {
+pub fn drain(port: u16, stream: &str, out_stream: &str, group: &str, conns: usize) -> (usize, f64) {
     let addr = format!("127.0.0.1:{port}");
     let start = Instant::now();
     let handles: Vec<_> = (0..conns)

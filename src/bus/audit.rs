@@ -8,7 +8,7 @@ use crate::handlers::analytics::{
 
 /// Reads the head and the log length in one atomic step, so records appended while we
 /// verify do not make a consistent chain look broken.
-static SNAPSHOT: Script = Script::new(
+pub(crate) static SNAPSHOT: Script = Script::new(
     "audit_snapshot",
     r#"#!lua
 -- KEYS[1] head, KEYS[2] log (same hash slot). Returns {head or "", length}.

@@ -45,6 +45,10 @@ pub enum BusError {
     /// non-TLS URL): retrying will not help.
     #[error("redis connection settings: {0}")]
     Settings(String),
+    /// The function library this binary needs is not loaded and this user may not load
+    /// it (the message names the library and the admin step).
+    #[error("{0}")]
+    Functions(String),
 }
 
 impl BusError {
@@ -75,10 +79,13 @@ impl From<fred::error::Error> for BusError {
             return BusError::OutOfMemory(details);
         }
         match e.kind() {
-            K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster => {
+            // Routing: no connection to send the command on (Redis down, fail-fast).
+            K::IO | K::Timeout | K::Canceled | K::Backpressure | K::Cluster | K::Routing => {
                 BusError::Unavailable(format!("{:?}: {details}", e.kind()))
             }
-            _ if details.starts_with("LOADING")
+            // No connection to send it on (fred reports this one as Unknown).
+            _ if details.starts_with("Failed to route command")
+                || details.starts_with("LOADING")
                 // "BUSY " (a script is running), not BUSYGROUP (group exists).
                 || details.starts_with("BUSY ")
                 || details.starts_with("TRYAGAIN")
@@ -192,7 +199,7 @@ pub fn keyslot(key: &[u8]) -> u16 {
 /// still works, through a MOVED redirect, but costs a round trip).
 fn cluster_hash(name: &str, args: &[Value]) -> ClusterHash {
     match name {
-        "EVALSHA" | "EVAL" => match args.get(1).and_then(as_int) {
+        "FCALL" | "FCALL_RO" | "EVALSHA" | "EVAL" => match args.get(1).and_then(as_int) {
             Some(n) if n > 0 => ClusterHash::Offset(2),
             _ => ClusterHash::Random,
         },
@@ -201,7 +208,9 @@ fn cluster_hash(name: &str, args: &[Value]) -> ClusterHash {
             .iter()
             .position(|a| as_string(a).is_some_and(|s| s.eq_ignore_ascii_case("STREAMS")))
             .map_or(ClusterHash::FirstKey, |i| ClusterHash::Offset(i + 1)),
-        "SCRIPT" | "PING" | "INFO" | "CLIENT" | "WAIT" | "CONFIG" => ClusterHash::Random,
+        "SCRIPT" | "FUNCTION" | "PING" | "INFO" | "CLIENT" | "WAIT" | "CONFIG" | "TIME" => {
+            ClusterHash::Random
+        }
         _ => ClusterHash::Offset(0),
     }
 }
@@ -397,6 +406,40 @@ impl Redis {
             .custom::<Value, Value>(cmd, args)
             .await
             .map_err(BusError::from)
+    }
+
+    /// Sends `name args` to every master (the one server outside a cluster) and returns each
+    /// node's reply, e.g. FUNCTION LOAD, which a cluster does not propagate between masters.
+    pub(crate) async fn on_every_primary(
+        &self,
+        name: &'static str,
+        args: Vec<Value>,
+    ) -> Result<Vec<(String, Result<Value, BusError>)>, BusError> {
+        if !self.cluster {
+            let node = redact_url(&self.url);
+            return Ok(vec![(node, self.cmd(name, args).await)]);
+        }
+        use fred::interfaces::ClusterInterface as _;
+        let nodes = match self.client.cached_cluster_state() {
+            Some(state) => state.unique_primary_nodes(),
+            None => {
+                return Err(BusError::Unavailable(
+                    "the cluster's slot map is not known yet".into(),
+                ));
+            }
+        };
+        let mut out = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            let cmd = CustomCommand::new_static(name, ClusterHash::Random, false);
+            let r = self
+                .client
+                .with_cluster_node(node.clone())
+                .custom::<Value, Value>(cmd, args.clone())
+                .await
+                .map_err(BusError::from);
+            out.push((node.to_string(), r));
+        }
+        Ok(out)
     }
 
     /// Sends a blocking command (XREADGROUP … BLOCK); the caller owns this connection.

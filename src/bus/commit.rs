@@ -40,9 +40,9 @@ fn with_allowed(source: &str) -> &'static str {
     Box::leak(format!("#!lua\n{common}\n{body}").into_boxed_str())
 }
 
-static COMMIT: LazyLock<Script> =
+pub(crate) static COMMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new("commit", with_allowed(include_str!("commit.lua"))));
-static COMMIT_SLOT: LazyLock<Script> =
+pub(crate) static COMMIT_SLOT: LazyLock<Script> =
     LazyLock::new(|| Script::new("commit_slot", with_allowed(include_str!("commit_slot.lua"))));
 
 /// Most arguments one op or one derived event may carry (Lua's unpack has a stack limit

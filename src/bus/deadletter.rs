@@ -16,7 +16,7 @@ use super::client::{BusError, Fields, Redis, Value, arg, as_array, as_int};
 use super::script::Script;
 use crate::envelope::now_ms;
 
-static DEAD_LETTER: Script = Script::new(
+pub(crate) static DEAD_LETTER: Script = Script::new(
     "dead_letter",
     r#"#!lua
 -- KEYS[1] source stream, KEYS[2] dead-letter stream, KEYS[3] per-group dead-letter counts.

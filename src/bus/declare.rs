@@ -10,7 +10,7 @@ use crate::config::{Config, GroupConfig};
 
 /// Creates an empty stream if it does not exist, atomically (no window where a concurrent
 /// publisher's entry could be removed).
-static ENSURE_STREAM: Script = Script::new(
+pub(crate) static ENSURE_STREAM: Script = Script::new(
     "ensure_stream",
     r#"#!lua
 -- KEYS[1]: stream. Creates it empty if missing; returns 1 if created, 0 if it existed.

@@ -9,7 +9,8 @@ use super::client::{BusError, Redis, Value, arg, as_array, as_bytes, as_int};
 use super::script::Script;
 use crate::envelope::Envelope;
 
-static SCRIPT: Script = Script::new("idempotent_publish", include_str!("idempotent.lua"));
+pub(crate) static SCRIPT: Script =
+    Script::new("idempotent_publish", include_str!("idempotent.lua"));
 
 /// The record key of `scope` (a digest of key holder, route and idempotency key) for
 /// `stream`.
@@ -22,6 +23,8 @@ pub fn record_key(stream: &str, scope: &str) -> String {
 pub struct Record {
     /// The first request's fingerprint.
     pub fingerprint: String,
+    /// What the first request's route generated (JSON text; empty for old records).
+    pub extra: String,
     /// What was stored, in order.
     pub events: Vec<Stored>,
 }
@@ -46,12 +49,49 @@ pub enum Outcome {
     Replayed(Record),
 }
 
-/// Publishes `events` to `stream` unless `scope` was used within `ttl`.
+/// The claim key of `scope`.
+pub fn claim_key(scope: &str) -> String {
+    format!("astra:edge:idem:claim:{scope}")
+}
+
+/// Claims `scope` for `fingerprint` (SET NX GET): true when it is this request's (claimed
+/// now, or earlier by the same request), false when another request holds it. Every
+/// idempotent publish claims first, so a reused key is refused before any stream is
+/// written (the per-stream records then make each stream's publish happen once).
+pub async fn claim(
+    redis: &Redis,
+    scope: &str,
+    fingerprint: &str,
+    ttl: Duration,
+) -> Result<bool, BusError> {
+    let v = redis
+        .cmd(
+            "SET",
+            vec![
+                arg(claim_key(scope)),
+                arg(fingerprint),
+                arg("NX"),
+                arg("GET"),
+                arg("PX"),
+                arg(ttl.as_millis().max(1) as i64),
+            ],
+        )
+        .await?;
+    Ok(match as_bytes(&v) {
+        None => true,
+        Some(old) => old == fingerprint.as_bytes(),
+    })
+}
+
+/// Publishes `events` to `stream` unless `scope` was used within `ttl`; `extra` (one line
+/// of JSON) is kept in the record for the replayed answer.
+#[allow(clippy::too_many_arguments)]
 pub async fn publish_once(
     redis: &Redis,
     stream: &str,
     scope: &str,
     fingerprint: &str,
+    extra: &str,
     ttl: Duration,
     events: &[Envelope],
 ) -> Result<Outcome, BusError> {
@@ -59,6 +99,7 @@ pub async fn publish_once(
     let mut args = vec![
         arg(ttl.as_millis().max(1) as i64),
         arg(fingerprint),
+        arg(extra.replace('\n', " ")),
         arg(events.len() as i64),
     ];
     for e in events {
@@ -95,8 +136,13 @@ pub async fn publish_once(
 }
 
 fn parse_record(s: &str) -> Option<Record> {
-    let mut lines = s.split('\n');
+    let mut lines = s.split('\n').peekable();
     let fingerprint = lines.next()?.to_string();
+    // Records written before generated ids were kept have no `x` line.
+    let extra = match lines.peek() {
+        Some(l) if l.starts_with('x') => lines.next()?[1..].to_string(),
+        _ => String::new(),
+    };
     let mut events = vec![];
     for l in lines {
         let mut parts = l.split(' ');
@@ -109,6 +155,7 @@ fn parse_record(s: &str) -> Option<Record> {
     }
     Some(Record {
         fingerprint,
+        extra,
         events,
     })
 }
@@ -119,8 +166,10 @@ mod tests {
 
     #[test]
     fn records_parse() {
-        let r = parse_record("fp\nid1 c1 1-0\nid2 c2 1-1").unwrap();
+        let r = parse_record("fp\nx{\"user_id\":\"u\"}\nid1 c1 1-0\nid2 c2 1-1").unwrap();
         assert_eq!(r.fingerprint, "fp");
+        assert_eq!(r.extra, "{\"user_id\":\"u\"}");
+        assert_eq!(parse_record("fp\nid1 c1 1-0").unwrap().extra, "");
         assert_eq!(r.events.len(), 2);
         assert_eq!(
             r.events[1],

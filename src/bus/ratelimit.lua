@@ -5,7 +5,8 @@
 -- KEYS[i]   one hash per bucket: w = window index, c = count in window w, p = count in w-1
 --           (every key carries the same hash tag, so this runs on one cluster slot)
 -- ARGV[1]   window, milliseconds
--- ARGV[1+i] limit of bucket i
+-- ARGV[2]   cost of this request (its events), at least 1
+-- ARGV[2+i] limit of bucket i
 --
 -- The estimate of requests in the last window is p * (time left in the current window /
 -- window) + c (the "sliding window counter"). The request is admitted only if every bucket
@@ -16,6 +17,7 @@
 --          remaining after this request (floor), ms until the window resets,
 --          ms until a retry can pass (0 when allowed)}.
 local window = tonumber(ARGV[1])
+local cost = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local idx = math.floor(now / window)
@@ -26,7 +28,7 @@ local weight = left / window
 local state = {}
 local tight, tight_remaining = 1, nil
 for i = 1, #KEYS do
-  local limit = tonumber(ARGV[1 + i])
+  local limit = tonumber(ARGV[2 + i])
   local h = redis.call('HMGET', KEYS[i], 'w', 'c', 'p')
   local w, c, p = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0
   if w == nil or w < idx - 1 then
@@ -38,27 +40,27 @@ for i = 1, #KEYS do
     idx = w
   end
   local used = p * weight + c
-  if used + 1 > limit then
-    -- Refused: when would one more request fit?
+  if used + cost > limit then
+    -- Refused: when would this request fit?
     local wait
-    if c + 1 > limit then
+    if c + cost > limit then
       -- Not before this window ends, and then the carried-over c must decay enough.
-      wait = left + math.ceil(window * (1 - (limit - 1) / c))
+      wait = left + math.ceil(window * (1 - (limit - cost) / c))
     else
-      -- The previous window's share must decay: p * (left - x) / window <= limit - 1 - c.
-      wait = left - math.floor(window * (limit - 1 - c) / p)
+      -- The previous window's share must decay: p * (left - x) / window <= limit - cost - c.
+      wait = left - math.floor(window * (limit - cost - c) / p)
     end
     if wait < 1 then wait = 1 end
     return {0, i, limit, 0, left, wait}
   end
-  local remaining = math.floor(limit - used - 1)
+  local remaining = math.floor(limit - used - cost)
   if tight_remaining == nil or remaining < tight_remaining then
     tight, tight_remaining = i, remaining
   end
   state[i] = {c, p}
 end
 for i = 1, #KEYS do
-  redis.call('HSET', KEYS[i], 'w', idx, 'c', state[i][1] + 1, 'p', state[i][2])
+  redis.call('HSET', KEYS[i], 'w', idx, 'c', state[i][1] + cost, 'p', state[i][2])
   redis.call('PEXPIRE', KEYS[i], window * 2)
 end
-return {1, tight, tonumber(ARGV[1 + tight]), tight_remaining, left, 0}
+return {1, tight, tonumber(ARGV[2 + tight]), tight_remaining, left, 0}

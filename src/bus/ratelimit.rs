@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::client::{BusError, Redis, Value, arg, as_array, as_int};
 use super::script::Script;
 
-static SCRIPT: Script = Script::new("ratelimit", include_str!("ratelimit.lua"));
+pub(crate) static SCRIPT: Script = Script::new("ratelimit", include_str!("ratelimit.lua"));
 
 /// One counter a request must fit in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,14 +43,16 @@ pub struct Verdict {
     pub retry_after: Duration,
 }
 
-/// Checks and counts one request against `buckets` (at least one).
+/// Checks and counts one request costing `cost` (its events; at least 1) against
+/// `buckets` (at least one).
 pub async fn check(
     redis: &Redis,
     window: Duration,
+    cost: u32,
     buckets: &[Bucket],
 ) -> Result<Verdict, BusError> {
     let keys = buckets.iter().map(|b| arg(bucket_key(&b.name))).collect();
-    let mut args = vec![arg(window.as_millis() as i64)];
+    let mut args = vec![arg(window.as_millis() as i64), arg(i64::from(cost.max(1)))];
     args.extend(buckets.iter().map(|b| arg(i64::from(b.limit))));
     let v = SCRIPT.call(redis, keys, args).await?;
     parse(v).ok_or_else(|| BusError::protocol("ratelimit script", "malformed reply"))

@@ -15,7 +15,7 @@ use super::script::Script;
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 
-static DELETE_IDLE_CONSUMER: Script = Script::new(
+pub(crate) static DELETE_IDLE_CONSUMER: Script = Script::new(
     "delete_idle_consumer",
     r#"#!lua
 -- KEYS[1] stream; ARGV group, consumer. Deletes the consumer only if it owns no pending

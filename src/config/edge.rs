@@ -26,8 +26,9 @@ pub(super) struct RawEdge {
     /// `"off"` (no API keys; only allowed on a loopback address) or `"keys"`.
     /// Overridden by `ASTRA_EDGE_AUTH`.
     auth: Option<Spanned<String>>,
-    /// Operations routes (`/health`, `/ready`, `/metrics`, `/dashboard`, `/v1/streams`,
-    /// `/v1/groups`, `/openapi.json`): `"open"` or `"keys"` (a key with the `ops` scope).
+    /// Operations routes (`/ready`, `/metrics`, `/dashboard`, `/v1/streams`,
+    /// `/v1/groups`): `"open"` or `"keys"` (a key with the `ops` scope). Default: `"keys"`
+    /// on a non-loopback listener, else `"open"`. Overridden by `ASTRA_EDGE_OPS`.
     ops: Option<Spanned<String>>,
     /// A TOML file of `[[key]]` entries (relative to the config dir), merged with
     /// `[[edge.key]]`. Overridden by `ASTRA_EDGE_KEYS_FILE`.
@@ -44,6 +45,19 @@ pub(super) struct RawEdge {
     max_concurrency: Option<Spanned<i64>>,
     /// How long an `Idempotency-Key` is remembered.
     idempotency_ttl: Option<Spanned<String>>,
+    /// Open connections at most; more wait in the kernel's accept queue.
+    max_connections: Option<Spanned<i64>>,
+    /// Open connections from one client address at most; more are closed at once.
+    max_connections_per_client: Option<Spanned<i64>>,
+    /// A request's headers must arrive within this (slow clients are disconnected).
+    header_timeout: Option<Spanned<String>>,
+    /// A kept-alive connection with no request for this long is closed.
+    idle_timeout: Option<Spanned<String>>,
+    /// Request bodies buffered at once, bytes, across all requests (a request waits for
+    /// room; memory bound under load).
+    body_memory: Option<Spanned<i64>>,
+    /// How far an envelope's `ts` may be from the edge's clock, either way.
+    envelope_skew: Option<Spanned<String>>,
     /// Rate limits, enforced in Redis so every edge instance shares them.
     #[serde(default)]
     rate_limit: RawRateLimit,
@@ -63,6 +77,11 @@ struct RawRateLimit {
     per_user: Option<Spanned<i64>>,
     /// Requests per window per API key (service).
     per_key: Option<Spanned<i64>>,
+    /// Requests per window per client address (the service limit that always applies).
+    per_client: Option<Spanned<i64>>,
+    /// Failed authentications per window per client address; beyond, every keyed request
+    /// from that address is refused (429) until the window passes.
+    auth_failures: Option<Spanned<i64>>,
     /// Requests per window per user to one domain's routes, by domain
     /// (e.g. `trading = 100`). Absent: trading 100, gamification 200, social 50.
     route: Option<BTreeMap<String, Spanned<i64>>>,
@@ -77,8 +96,11 @@ struct RawKey {
     sha256: Spanned<String>,
     /// What the key may do: `publish:<stream>` or `publish:<prefix>*`, `read`, `ops`, `*`.
     scopes: Spanned<Vec<String>>,
-    /// The user the key acts as for per-user rate limits (else `X-User-ID`).
+    /// The user the key acts as: its rate limits, and the only `user_id` it may publish for.
     user: Option<Spanned<String>>,
+    /// The key may name the user it acts for in `X-User-ID` (a backend that authenticated
+    /// its own users); that user gets its own buckets under this key.
+    act_for_users: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,6 +161,8 @@ pub struct ApiKey {
     pub scopes: Vec<Scope>,
     /// The user it acts as, if fixed.
     pub user: Option<String>,
+    /// May name the user in `X-User-ID`.
+    pub act_for_users: bool,
 }
 
 /// Rate limits.
@@ -152,6 +176,10 @@ pub struct RateLimitConfig {
     pub per_user: u32,
     /// Per API key per window.
     pub per_key: u32,
+    /// Per client address per window.
+    pub per_client: u32,
+    /// Failed authentications per client address per window.
+    pub auth_failures: u32,
     /// Per user per window, by domain.
     pub route: BTreeMap<String, u32>,
 }
@@ -165,8 +193,8 @@ pub struct EdgeConfig {
     pub listen: SocketAddr,
     /// Whether API keys are required.
     pub auth: AuthMode,
-    /// Whether the ops routes need a key (`ops` scope) when `auth` is `keys`.
-    pub ops_keyed: bool,
+    /// `edge.ops`: Some(true) keys, Some(false) open, None: keys unless on loopback.
+    pub ops: Option<bool>,
     /// The keys file, if any (resolved against the config dir).
     pub keys_file: Option<PathBuf>,
     /// API keys.
@@ -183,6 +211,18 @@ pub struct EdgeConfig {
     pub max_concurrency: usize,
     /// How long idempotency keys are remembered.
     pub idempotency_ttl: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Open connections per client address at most.
+    pub max_connections_per_client: usize,
+    /// Deadline for a request's headers.
+    pub header_timeout: Duration,
+    /// Keep-alive idle limit.
+    pub idle_timeout: Duration,
+    /// Request bodies buffered at once, bytes.
+    pub body_memory: usize,
+    /// Allowed envelope `ts` skew.
+    pub envelope_skew: Duration,
     /// Rate limits.
     pub rate_limit: RateLimitConfig,
     /// Where `auth` was decided (file:line:col or an environment variable), for errors.
@@ -190,6 +230,13 @@ pub struct EdgeConfig {
 }
 
 impl EdgeConfig {
+    /// Whether the ops routes need a key with the `ops` scope: as configured, else when
+    /// the listener is not loopback (anyone who can reach it would read revenue and
+    /// group status).
+    pub fn ops_keyed(&self) -> bool {
+        self.ops.unwrap_or(!self.listen.ip().is_loopback())
+    }
+
     /// Refuses `auth = "off"` on an address other hosts can reach: anyone could publish.
     pub(crate) fn exposure_problem(&self) -> Option<Diagnostic> {
         if !self.enabled || self.auth == AuthMode::Keys || self.listen.ip().is_loopback() {
@@ -264,10 +311,10 @@ pub fn visible_ascii(s: &str, max: usize) -> bool {
     !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Checks a user id as the edge accepts it (`X-User-ID`, a key's `user`): 1–128 visible
-/// ASCII characters.
+/// Checks a user id as the edge accepts it (`X-User-ID`, a key's `user`, paths): the
+/// payloads' id set, 1–128 of `A–Z a–z 0–9 . _ : @ -` (safe inside Redis keys).
 pub fn valid_user_id(u: &str) -> bool {
-    visible_ascii(u, 128)
+    crate::events::schema::valid_id(u)
 }
 
 impl Validator {
@@ -348,15 +395,24 @@ impl Validator {
                         file,
                         text,
                         span,
-                        format!("edge key {name:?}: user must be 1-128 visible ASCII characters"),
+                        format!("edge key {name:?}: user must be 1-128 of A-Z a-z 0-9 . _ : @ -"),
                     );
                 }
+            }
+            if user.is_some() && k.act_for_users == Some(true) {
+                self.at(
+                    file,
+                    text,
+                    k.name.span(),
+                    format!("edge key {name:?}: a key with a fixed user cannot act_for_users"),
+                );
             }
             out.push(ApiKey {
                 name,
                 sha256: sha,
                 scopes,
                 user,
+                act_for_users: k.act_for_users.unwrap_or(false),
             });
         }
         out
@@ -425,11 +481,11 @@ impl Validator {
                 (mode, origin(Some(a.span())))
             }
         };
-        let ops_keyed = match &raw.ops {
-            None => false,
+        let ops = match &raw.ops {
+            None => None,
             Some(o) => match o.get_ref().as_str() {
-                "open" => false,
-                "keys" => true,
+                "open" => Some(false),
+                "keys" => Some(true),
                 other => {
                     self.at(
                         file,
@@ -437,7 +493,7 @@ impl Validator {
                         o.span(),
                         format!("edge.ops must be \"open\" or \"keys\", got {other:?}"),
                     );
-                    false
+                    None
                 }
             },
         };
@@ -487,6 +543,20 @@ impl Validator {
                 .unwrap_or(Duration::from_secs(60)),
             per_user: self.limit(file, text, "edge.rate_limit.per_user", &rl.per_user, 200),
             per_key: self.limit(file, text, "edge.rate_limit.per_key", &rl.per_key, 1_000),
+            per_client: self.limit(
+                file,
+                text,
+                "edge.rate_limit.per_client",
+                &rl.per_client,
+                1_000,
+            ),
+            auth_failures: self.limit(
+                file,
+                text,
+                "edge.rate_limit.auth_failures",
+                &rl.auth_failures,
+                20,
+            ),
             route,
         };
         let ms = Duration::from_millis;
@@ -494,7 +564,7 @@ impl Validator {
             enabled: raw.enabled.unwrap_or(true),
             listen,
             auth,
-            ops_keyed,
+            ops,
             keys_file: raw.keys_file.as_ref().map(|f| PathBuf::from(f.get_ref())),
             keys,
             max_body_bytes: self
@@ -548,6 +618,63 @@ impl Validator {
                     Duration::from_secs(30 * 86_400),
                 )
                 .unwrap_or(Duration::from_secs(86_400)),
+            max_connections: self
+                .int(
+                    file,
+                    text,
+                    "edge.max_connections",
+                    &raw.max_connections,
+                    1..1_000_001,
+                )
+                .unwrap_or(8192) as usize,
+            max_connections_per_client: self
+                .int(
+                    file,
+                    text,
+                    "edge.max_connections_per_client",
+                    &raw.max_connections_per_client,
+                    1..1_000_001,
+                )
+                .unwrap_or(1024) as usize,
+            header_timeout: self
+                .dur(
+                    file,
+                    text,
+                    "edge.header_timeout",
+                    &raw.header_timeout,
+                    ms(10),
+                    ms(600_000),
+                )
+                .unwrap_or(Duration::from_secs(5)),
+            idle_timeout: self
+                .dur(
+                    file,
+                    text,
+                    "edge.idle_timeout",
+                    &raw.idle_timeout,
+                    ms(10),
+                    ms(3_600_000),
+                )
+                .unwrap_or(Duration::from_secs(60)),
+            body_memory: self
+                .int(
+                    file,
+                    text,
+                    "edge.body_memory",
+                    &raw.body_memory,
+                    1024..(16 << 30),
+                )
+                .unwrap_or(64 << 20) as usize,
+            envelope_skew: self
+                .dur(
+                    file,
+                    text,
+                    "edge.envelope_skew",
+                    &raw.envelope_skew,
+                    Duration::from_secs(1),
+                    Duration::from_secs(7 * 86_400),
+                )
+                .unwrap_or(Duration::from_secs(300)),
             rate_limit,
             auth_origin,
         }

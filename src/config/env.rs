@@ -1,6 +1,6 @@
 //! Environment overrides, applied after the files validate: `ASTRA_REDIS_URL`,
 //! `ASTRA_REDIS_PASSWORD_FILE`, `ASTRA_REDIS_CA_FILE`, `ASTRA_INSTANCE`,
-//! `ASTRA_HTTP_LISTEN`, `ASTRA_EDGE_AUTH`, `ASTRA_EDGE_KEYS_FILE`. An empty variable
+//! `ASTRA_HTTP_LISTEN`, `ASTRA_EDGE_AUTH`, `ASTRA_EDGE_OPS`, `ASTRA_EDGE_KEYS_FILE`. An empty variable
 //! counts as unset; a bad value is a diagnostic naming the variable.
 
 use std::path::{Path, PathBuf};
@@ -57,6 +57,18 @@ pub(super) fn apply(
             }
         };
         cfg.edge.auth_origin = ("ASTRA_EDGE_AUTH".into(), 1, 1);
+    }
+    if let Some(o) = env("ASTRA_EDGE_OPS") {
+        cfg.edge.ops = match o.as_str() {
+            "open" => Some(false),
+            "keys" => Some(true),
+            _ => {
+                return Err(ConfigError::at_start(
+                    "ASTRA_EDGE_OPS",
+                    format!("must be \"open\" or \"keys\", got {o:?}"),
+                ));
+            }
+        };
     }
     if let Some(f) = env("ASTRA_EDGE_KEYS_FILE") {
         cfg.edge.keys_file = Some(PathBuf::from(f));

@@ -9,13 +9,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use super::error::ApiError;
 use crate::config::{ApiKey, AuthMode, EdgeConfig, Scope, key_sha256, valid_user_id};
 
-/// Who is calling.
+/// Who is calling, as far as the edge could verify it.
 #[derive(Debug, Clone)]
 pub struct Caller {
     /// The key used (None when `edge.auth = "off"`).
     pub key: Option<Arc<ApiKey>>,
-    /// The user the request acts for: the key's user, else `X-User-ID`, else None.
+    /// The user the request acts for. With keys: the key's fixed user, or `X-User-ID`
+    /// sent with a key allowed to act for users; never a bare header. With auth off:
+    /// `X-User-ID` as the (loopback) client says.
     pub user: Option<String>,
+    /// Whether `user` was verified (a key vouches for it), so payloads must act for it.
+    pub verified_user: bool,
 }
 
 fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -26,7 +30,8 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     diff == 0
 }
 
-fn unauthorized(detail: &str, invalid: bool) -> ApiError {
+/// 401 with the `WWW-Authenticate` challenge.
+pub fn unauthorized(detail: &str, invalid: bool) -> ApiError {
     let challenge = if invalid {
         "Bearer realm=\"astra-bus\", error=\"invalid_token\""
     } else {
@@ -50,23 +55,35 @@ pub fn find_key<'a>(keys: &'a [Arc<ApiKey>], presented: &str) -> Option<&'a Arc<
     found
 }
 
-/// Authenticates a request (401 when a key is required and missing or unknown) and works
-/// out its user (400 for a malformed `X-User-ID`).
+/// Why authentication failed.
+pub enum Refusal {
+    /// No credentials presented (not counted as a failed attempt).
+    Missing(ApiError),
+    /// Credentials presented and wrong: counted per client address.
+    Invalid(ApiError),
+    /// The request is malformed or not allowed (400/403).
+    Other(ApiError),
+}
+
+/// Authenticates a request and works out its user (400 for a malformed `X-User-ID`, 403
+/// for a fixed-user key naming another user).
 pub fn authenticate(
     cfg: &EdgeConfig,
     keys: &[Arc<ApiKey>],
     headers: &HeaderMap,
-) -> Result<Caller, ApiError> {
+) -> Result<Caller, Refusal> {
     let header_user = match headers.get("x-user-id") {
         None => None,
         Some(v) => match v.to_str() {
             Ok(u) if valid_user_id(u) => Some(u.to_string()),
             _ => {
-                return Err(ApiError::bad_request(
-                    "invalid_header",
-                    "X-User-ID must be 1-128 visible ASCII characters",
-                )
-                .with("header", "X-User-ID"));
+                return Err(Refusal::Other(
+                    ApiError::bad_request(
+                        "invalid_header",
+                        "X-User-ID must be 1-128 of A-Z a-z 0-9 . _ : @ -",
+                    )
+                    .with("header", "X-User-ID"),
+                ));
             }
         },
     };
@@ -74,13 +91,14 @@ pub fn authenticate(
         return Ok(Caller {
             key: None,
             user: header_user,
+            verified_user: false,
         });
     }
     let Some(auth) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthorized(
+        return Err(Refusal::Missing(unauthorized(
             "this route needs an API key: send `Authorization: Bearer <key>`",
             false,
-        ));
+        )));
     };
     let presented = auth
         .to_str()
@@ -92,16 +110,33 @@ pub fn authenticate(
         .map(str::trim)
         .filter(|s| !s.is_empty());
     let Some(presented) = presented else {
-        return Err(unauthorized(
+        return Err(Refusal::Invalid(unauthorized(
             "the Authorization header must be `Bearer <key>`",
             true,
-        ));
+        )));
     };
     let Some(key) = find_key(keys, presented) else {
-        return Err(unauthorized("unknown API key", true));
+        return Err(Refusal::Invalid(unauthorized("unknown API key", true)));
+    };
+    let (user, verified_user) = match (&key.user, header_user) {
+        (Some(fixed), Some(h)) if *fixed != h => {
+            return Err(Refusal::Other(ApiError::forbidden(
+                "user_mismatch",
+                format!(
+                    "key {:?} acts for user {fixed:?} only; X-User-ID {h:?} names another",
+                    key.name
+                ),
+            )));
+        }
+        (Some(fixed), _) => (Some(fixed.clone()), true),
+        // A key that may act for users vouches for the user it names.
+        (None, Some(h)) if key.act_for_users => (Some(h), true),
+        // Anyone else's X-User-ID is a bare claim: it chooses nothing.
+        (None, _) => (None, false),
     };
     Ok(Caller {
-        user: key.user.clone().or(header_user),
+        user,
+        verified_user,
         key: Some(key.clone()),
     })
 }
@@ -116,6 +151,20 @@ impl Caller {
         match &self.key {
             None => true,
             Some(k) => k.scopes.iter().any(|s| *s == Scope::All || f(s)),
+        }
+    }
+
+    /// Who the caller is for idempotency records and client-chosen event ids: the key
+    /// (and the user it vouches for), or with auth off the client address and its
+    /// `X-User-ID`.
+    pub fn identity(&self, peer: Option<std::net::SocketAddr>) -> String {
+        match &self.key {
+            Some(k) => format!("key:{}\u{0}{}", k.name, self.user.as_deref().unwrap_or("")),
+            None => format!(
+                "addr:{}\u{0}{}",
+                peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+                self.user.as_deref().unwrap_or("")
+            ),
         }
     }
 
@@ -165,6 +214,7 @@ mod tests {
             sha256: key_sha256(secret),
             scopes: vec![Scope::Read],
             user: None,
+            act_for_users: false,
         })
     }
 
@@ -181,6 +231,7 @@ mod tests {
         let c = Caller {
             key: Some(key("a", "alpha")),
             user: None,
+            verified_user: false,
         };
         assert!(c.require(Scope::Read).is_ok());
         assert_eq!(c.require(Scope::Ops).unwrap_err().status, 403);
@@ -193,6 +244,7 @@ mod tests {
         let open = Caller {
             key: None,
             user: None,
+            verified_user: false,
         };
         assert!(open.require(Scope::Ops).is_ok());
         assert!(open.require_publish("astra.user.registered.v1").is_ok());

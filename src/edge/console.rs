@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -197,8 +197,12 @@ fn thresholds() -> Value {
 }
 
 /// `GET /console/api/topology`: the running config as a graph.
-async fn topology(State(edge): State<Arc<Edge>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+async fn topology(
+    State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    edge.authenticate_ops(&ctx, &headers).await?;
     let cfg = &edge.config;
     let dead: BTreeSet<&str> = cfg
         .groups
@@ -294,10 +298,11 @@ fn history_json(h: &History, since: i64) -> Value {
 /// KPIs, and the history after `since` (all of it without). From memory only.
 async fn health_now(
     State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+    edge.authenticate_ops(&ctx, &headers).await?;
     let q = query(q, &["since"])?;
     let since = match q.get("since") {
         None => i64::MIN,

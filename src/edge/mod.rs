@@ -15,19 +15,27 @@
 //! [`Edge::authenticate`] (first) and [`Edge::limit`] (once the request is known valid, so
 //! only requests that reach Redis count). Every error is JSON `{error, detail}`.
 //!
+//! Below the router, [`server`] owns the connections: header deadline, idle limit,
+//! connection caps. Identity is what [`Edge::authenticate`] verified ([`auth::Caller`]):
+//! rate-limit buckets, idempotency records and client-chosen event ids all derive from it,
+//! never from a bare `X-User-ID` when keys are on.
+//!
 //! The edge's Redis handle is fail-fast ([`crate::bus::Redis::fail_fast`]): while Redis is
 //! unreachable a publish is answered 503 at once and is never sent later behind the
 //! client's back.
 
 pub mod auth;
+pub mod body;
 pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod ops;
 pub mod publish;
 pub mod reads;
+pub mod server;
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -70,7 +78,14 @@ pub struct Edge {
     keys: Vec<Arc<ApiKey>>,
     /// Requests in flight (load shedding).
     inflight: Arc<Semaphore>,
+    /// Bytes of request bodies buffered at once (`edge.body_memory`).
+    pub(crate) body_budget: Arc<Semaphore>,
+    /// Client addresses over their failed-authentication limit, until when.
+    auth_blocked: std::sync::Mutex<HashMap<IpAddr, Instant>>,
 }
+
+/// Addresses remembered as blocked at most (beyond, Redis's counter still answers).
+const MAX_BLOCKED: usize = 65_536;
 
 /// Per-request context the outer layer puts in the request's extensions.
 #[derive(Debug, Clone)]
@@ -115,6 +130,8 @@ impl Edge {
         Arc::new(Edge {
             inflight: Arc::new(Semaphore::new(config.edge.max_concurrency)),
             history: Arc::new(console::History::new(&config)),
+            body_budget: Arc::new(Semaphore::new(config.edge.body_memory)),
+            auth_blocked: Default::default(),
             config,
             redis: OnceLock::new(),
             declared: Default::default(),
@@ -153,38 +170,140 @@ impl Edge {
         })
     }
 
-    /// Authenticates (401) and checks the route class's scope (403; publish scopes are
-    /// checked per stream by the handler).
-    pub fn authenticate(&self, headers: &HeaderMap, class: Class) -> Result<Caller, ApiError> {
-        let caller = auth::authenticate(&self.config.edge, &self.keys, headers)?;
+    /// Authenticates (401; 429 once the client address failed `auth_failures` times in
+    /// the window) and checks the route class's scope (403; publish scopes are checked
+    /// per stream by the handler).
+    pub async fn authenticate(
+        &self,
+        ctx: &RequestCtx,
+        headers: &HeaderMap,
+        class: Class,
+    ) -> Result<Caller, ApiError> {
+        let caller = self.verify(ctx, headers).await?;
         if class == Class::Read {
             caller.require(Scope::Read)?;
         }
         Ok(caller)
     }
 
-    /// Counts the request against its rate limits (`domains`: the domains whose per-route
-    /// limits apply) in one script; 429 when any is exhausted. Returns the rate-limit
-    /// headers for the answer.
+    async fn verify(&self, ctx: &RequestCtx, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        let ip = ctx.peer.map(|p| p.ip());
+        let presents_key = headers.contains_key(header::AUTHORIZATION);
+        if presents_key
+            && self.config.edge.auth == crate::config::AuthMode::Keys
+            && let Some(ip) = ip
+            && let Some(until) = self.blocked_until(ip)
+        {
+            // Over the limit: refuse without even comparing the key, so guessing stays slow.
+            self.metrics.count_rate_limited("auth_failures");
+            return Err(self.too_many_failures(until.saturating_duration_since(Instant::now())));
+        }
+        match auth::authenticate(&self.config.edge, &self.keys, headers) {
+            Ok(c) => Ok(c),
+            Err(auth::Refusal::Missing(e) | auth::Refusal::Other(e)) => Err(e),
+            Err(auth::Refusal::Invalid(e)) => Err(self.count_failure(ip, e).await),
+        }
+    }
+
+    /// A presented key was wrong: counts it for the client address (in Redis, shared by
+    /// every instance); beyond `auth_failures` per window the answer is 429 and the
+    /// address is refused without a key comparison until the window passes.
+    async fn count_failure(&self, ip: Option<IpAddr>, e: ApiError) -> ApiError {
+        let rl = &self.config.edge.rate_limit;
+        let Ok(redis) = self.redis() else {
+            return e;
+        };
+        let bucket = Bucket {
+            name: format!("authfail:{}", ip.map(|i| i.to_string()).unwrap_or_default()),
+            limit: rl.auth_failures,
+        };
+        let v = match ratelimit::check(redis, rl.window, 1, &[bucket]).await {
+            Ok(v) => v,
+            Err(err) => return ApiError::redis(&err),
+        };
+        if v.allowed {
+            return e;
+        }
+        if let Some(ip) = ip {
+            self.block(ip, v.retry_after);
+        }
+        self.metrics.count_rate_limited("auth_failures");
+        self.too_many_failures(v.retry_after)
+    }
+
+    fn too_many_failures(&self, retry: Duration) -> ApiError {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_auth_failures",
+            format!(
+                "more than edge.rate_limit.auth_failures = {} failed authentications from this \
+                 address per {}; retry later",
+                self.config.edge.rate_limit.auth_failures,
+                humantime::format_duration(self.config.edge.rate_limit.window)
+            ),
+        )
+        .with("limit", "auth_failures")
+        .retry_after(retry)
+    }
+
+    fn blocked_until(&self, ip: IpAddr) -> Option<Instant> {
+        let mut b = self.auth_blocked.lock().expect("auth block table");
+        match b.get(&ip) {
+            Some(t) if *t > Instant::now() => Some(*t),
+            Some(_) => {
+                b.remove(&ip);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn block(&self, ip: IpAddr, d: Duration) {
+        let mut b = self.auth_blocked.lock().expect("auth block table");
+        if b.len() >= MAX_BLOCKED {
+            let now = Instant::now();
+            b.retain(|_, t| *t > now);
+        }
+        if b.len() < MAX_BLOCKED {
+            b.insert(ip, Instant::now() + d);
+        }
+    }
+
+    /// Counts the request (`cost`: its events; 1 for a read) against its rate limits
+    /// (`domains`: the domains whose per-route limits apply) in one script, all or
+    /// nothing; 429 when any is exhausted. Buckets come from what was verified: the key
+    /// and the user it vouches for; with auth off the client address (always limited to
+    /// `per_client`) and the `X-User-ID` it sends. Returns the rate-limit headers.
     pub async fn limit(
         &self,
         ctx: &RequestCtx,
         caller: &Caller,
         domains: &[&str],
+        cost: u32,
     ) -> Result<Admitted, ApiError> {
         let rl = &self.config.edge.rate_limit;
         if !rl.enabled {
             return Ok(Admitted::default());
         }
-        let user = caller.user.clone().unwrap_or_else(|| match ctx.peer {
-            Some(p) => format!("ip:{}", p.ip()),
-            None => "ip:unknown".to_string(),
-        });
-        let mut buckets = vec![Bucket {
-            name: format!("user:{user}"),
+        let addr = match ctx.peer {
+            Some(p) => p.ip().to_string(),
+            None => "unknown".to_string(),
+        };
+        let mut buckets = vec![];
+        let mut kinds = vec![];
+        // The user's own buckets: a key's users are its own (one key cannot drain another's).
+        let user = match (&caller.key, &caller.user) {
+            (Some(k), Some(u)) if k.user.as_deref() == Some(u.as_str()) => format!("user:{u}"),
+            (Some(k), Some(u)) => format!("key:{}:user:{u}", k.name),
+            (Some(k), None) => format!("key:{}:self", k.name),
+            (None, Some(u)) => format!("user:{u}"),
+            (None, None) => format!("client:{addr}"),
+        };
+        buckets.push(Bucket {
+            name: user.clone(),
             limit: rl.per_user,
-        }];
-        let mut kinds = vec!["user"];
+        });
+        kinds.push("user");
         for d in domains {
             if let Some(limit) = rl.route.get(*d) {
                 buckets.push(Bucket {
@@ -194,15 +313,41 @@ impl Edge {
                 kinds.push("route");
             }
         }
-        if let Some(k) = &caller.key {
-            buckets.push(Bucket {
-                name: format!("key:{}", k.name),
-                limit: rl.per_key,
-            });
-            kinds.push("key");
+        match &caller.key {
+            Some(k) => {
+                buckets.push(Bucket {
+                    name: format!("key:{}", k.name),
+                    limit: rl.per_key,
+                });
+                kinds.push("key");
+            }
+            None => {
+                // Without keys the address is the service: X-User-ID cannot lift this.
+                buckets.push(Bucket {
+                    name: format!("service:{addr}"),
+                    limit: rl.per_client,
+                });
+                kinds.push("client");
+            }
+        }
+        if let Some((i, b)) = buckets.iter().enumerate().find(|(_, b)| b.limit < cost) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "this batch counts {cost} events against a {} limit of {} per {}: it can \
+                     never pass; send at most {} events per request",
+                    kinds[i],
+                    b.limit,
+                    humantime::format_duration(rl.window),
+                    b.limit
+                ),
+            )
+            .with("limit", kinds[i])
+            .retry_after(rl.window));
         }
         let redis = self.redis()?;
-        let v = ratelimit::check(redis, rl.window, &buckets)
+        let v = ratelimit::check(redis, rl.window, cost, &buckets)
             .await
             .map_err(|e| ApiError::redis(&e))?;
         let reset_secs = v.reset.as_millis().div_ceil(1000) as u64;
@@ -227,7 +372,7 @@ impl Edge {
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
                 format!(
-                    "{kind} limit of {} requests per {} reached; retry later",
+                    "{kind} limit of {} per {} reached; retry later",
                     v.limit,
                     humantime::format_duration(rl.window)
                 ),
@@ -240,12 +385,40 @@ impl Edge {
         Ok(Admitted { headers: hdrs })
     }
 
-    /// For ops routes: 401/403 when `edge.ops = "keys"` and the caller lacks the `ops` scope.
-    pub fn authenticate_ops(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        if !self.config.edge.ops_keyed {
+    /// For ops routes: 401/403 unless they are open (`edge.ops`; by default open only on
+    /// a loopback listener) or the caller's key has the `ops` scope.
+    pub async fn authenticate_ops(
+        &self,
+        ctx: &RequestCtx,
+        headers: &HeaderMap,
+    ) -> Result<(), ApiError> {
+        if !self.config.edge.ops_keyed() {
             return Ok(());
         }
-        auth::authenticate(&self.config.edge, &self.keys, headers)?.require(Scope::Ops)
+        if headers.contains_key(header::AUTHORIZATION)
+            && let Some(ip) = ctx.peer.map(|p| p.ip())
+            && let Some(until) = self.blocked_until(ip)
+        {
+            self.metrics.count_rate_limited("auth_failures");
+            return Err(self.too_many_failures(until.saturating_duration_since(Instant::now())));
+        }
+        if self.keys.is_empty() {
+            return Err(auth::unauthorized(
+                "ops routes need a key with the \"ops\" scope (edge.ops = \"keys\") and none is configured",
+                false,
+            ));
+        }
+        // With auth off there is no caller key: check one anyway (ops keys exist).
+        let mut cfg = self.config.edge.clone();
+        cfg.auth = crate::config::AuthMode::Keys;
+        let caller = match auth::authenticate(&cfg, &self.keys, headers) {
+            Ok(c) => c,
+            Err(auth::Refusal::Missing(e) | auth::Refusal::Other(e)) => return Err(e),
+            Err(auth::Refusal::Invalid(e)) => {
+                return Err(self.count_failure(ctx.peer.map(|p| p.ip()), e).await);
+            }
+        };
+        caller.require(Scope::Ops)
     }
 }
 
@@ -454,18 +627,13 @@ pub fn router(edge: Arc<Edge>) -> Router {
         .with_state(edge)
 }
 
-/// Serves until `shutdown`; in-flight requests finish first.
+/// Serves until `shutdown`; in-flight requests finish first ([`server::serve`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     edge: Arc<Edge>,
-    mut shutdown: Shutdown,
+    shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(edge).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.recv().await })
-    .await
+    server::serve(listener, edge, shutdown).await
 }
 
 #[cfg(test)]
@@ -494,12 +662,35 @@ mod tests {
 
     #[test]
     fn openapi_lists_exactly_the_routes() {
-        let mut routed: Vec<(String, String)> = routes()
-            .into_iter()
-            .map(|(m, p, _)| (m.to_string().to_lowercase(), p.to_string()))
-            .collect();
+        let cfg = Config::from_sources(
+            std::path::Path::new("."),
+            &[(
+                "streams.toml".into(),
+                include_str!("../../streams.toml").into(),
+            )],
+        )
+        .unwrap();
+        let mut routed: Vec<(String, String)> = vec![];
+        for (m, p, _) in routes() {
+            let m = m.to_string().to_lowercase();
+            // Templates over a fixed set are documented per member.
+            let expanded: Vec<String> = match p {
+                "/v1/events/{stream}" => cfg
+                    .streams
+                    .iter()
+                    .filter(|s| s.external)
+                    .map(|s| format!("/v1/events/{}", s.name))
+                    .collect(),
+                "/api/v1/gamification/leaderboard/{board}" => ["daily", "weekly", "all_time"]
+                    .iter()
+                    .map(|b| format!("/api/v1/gamification/leaderboard/{b}"))
+                    .collect(),
+                p => vec![p.to_string()],
+            };
+            routed.extend(expanded.into_iter().map(|p| (m.clone(), p)));
+        }
         routed.sort();
-        let doc = openapi::document();
+        let doc = openapi::document_for(&cfg);
         let mut documented = vec![];
         for (path, item) in doc["paths"].as_object().unwrap() {
             for method in item.as_object().unwrap().keys() {

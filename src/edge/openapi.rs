@@ -1,190 +1,310 @@
-//! The OpenAPI 3 document of every route, served at `GET /openapi.json`. A unit test
-//! checks it lists exactly the router's (method, path) pairs, and the edge tests call
-//! every documented route.
+//! The OpenAPI 3 document of every route, served at `GET /openapi.json` for the running
+//! configuration: which routes need a key (`security`), the JSON Schema of every public
+//! payload (from [`crate::events::schema`], the same tables the edge enforces), the header
+//! constraints, and every status a route answers. Routes templated by a fixed set (the
+//! external streams, the boards) are documented per member, so each carries its exact
+//! schema. A unit test checks the document covers exactly the router's routes.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
+
+use crate::config::{AuthMode, Config};
+use crate::events::schema;
+
+const VISIBLE: &str = "^[!-~]+$";
 
 fn err(desc: &str) -> Value {
-    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+    json!({"description": desc, "headers": corr_header(),
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
 
-fn ok(desc: &str, schema: Value) -> Value {
-    json!({"description": desc, "content": {"application/json": {"schema": schema}}})
+fn corr_header() -> Value {
+    json!({"X-Correlation-ID": {"description": "The request's correlation id (kept or generated)",
+                                "schema": {"type": "string"}}})
 }
 
-fn common_publish_errors(r: &mut serde_json::Map<String, Value>) {
-    for (code, d) in [
-        (
-            "400",
-            "Malformed JSON or header (X-Correlation-ID, X-User-ID, Idempotency-Key)",
-        ),
-        (
-            "401",
-            "API key missing or unknown (`WWW-Authenticate: Bearer`)",
-        ),
+fn ok(desc: &str, schema: Value, rate_limited: bool) -> Value {
+    let mut headers = corr_header();
+    if rate_limited {
+        for h in [
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+        ] {
+            headers[h] = json!({"schema": {"type": "integer"}});
+        }
+    }
+    json!({"description": desc, "headers": headers, "content": {"application/json": {"schema": schema}}})
+}
+
+fn security(keyed: bool) -> Value {
+    if keyed {
+        json!([{"bearer": []}])
+    } else {
+        json!([])
+    }
+}
+
+fn header_params(publish: bool) -> Vec<Value> {
+    let mut p = vec![
+        json!({"name": "X-Correlation-ID", "in": "header", "required": false,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": VISIBLE},
+               "description": "1-128 visible ASCII; kept (or generated), echoed, stored as the event's `cid`"}),
+        json!({"name": "X-User-ID", "in": "header", "required": false,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:@-]+$"},
+               "description": "The user the request acts for. With auth off it selects the per-user buckets; with keys it counts only from a key with act_for_users (else it is ignored), and a fixed-user key's user must match"}),
+    ];
+    if publish {
+        p.push(json!({"name": "traceparent", "in": "header", "required": false, "schema": {"type": "string"},
+                      "description": "W3C trace context, stored as the event's `tp` (an invalid one is ignored)"}));
+        p.push(json!({"name": "Idempotency-Key", "in": "header", "required": false,
+                      "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": VISIBLE},
+                      "description": "A retry with the same key (same caller, route and body) within edge.idempotency_ttl returns the first answer (`Idempotent-Replayed: true`) and stores nothing; the same key with another body is a 422 and stores nothing"}));
+    }
+    p
+}
+
+fn common_errors(r: &mut Map<String, Value>, keyed: bool, publish: bool) {
+    let mut codes = vec![
+        ("400", "Malformed JSON, header, path or query parameter"),
         (
             "403",
-            "The key's scopes do not allow this stream, or the stream is not external",
+            "The key's scopes do not allow this, or its fixed user is not the payload's user",
         ),
         (
-            "413",
-            "Body larger than edge.max_body_bytes, or batch larger than edge.max_batch",
+            "429",
+            "Rate limited (`Retry-After`, `X-RateLimit-*`), or too many failed authentications from this address",
         ),
-        (
-            "415",
-            "Content-Type is not application/json (or the envelope media type)",
-        ),
-        (
-            "422",
-            "Payload does not match the event's schema (`field`, `index`), or the Idempotency-Key was reused for another request",
-        ),
-        ("429", "Rate limited (`Retry-After`, `X-RateLimit-*`)"),
         (
             "503",
-            "Redis unavailable or out of memory: nothing stored, retry after `Retry-After`",
+            "Redis unavailable, overloaded, or past edge.request_timeout: nothing stored, retry after `Retry-After`",
         ),
-    ] {
-        r.insert(code.into(), err(d));
+    ];
+    if keyed {
+        codes.push((
+            "401",
+            "API key missing or unknown (`WWW-Authenticate: Bearer`)",
+        ));
+    }
+    if publish {
+        codes.push((
+            "409",
+            "The Idempotency-Key was used for another request (nothing stored)",
+        ));
+        codes.push(("413", "Body larger than edge.max_body_bytes"));
+        codes.push(("415", "Content-Type not accepted here"));
+        codes.push(("422", "The payload breaks its contract (`field`, `index`), or a batch has more than edge.max_batch events"));
+    }
+    for (c, d) in codes {
+        r.insert(c.into(), err(d));
     }
 }
 
-fn read_errors(r: &mut serde_json::Map<String, Value>) {
-    for (code, d) in [
-        ("400", "Bad path or query parameter"),
-        ("401", "API key missing or unknown"),
-        ("403", "The key lacks the `read` scope"),
-        ("429", "Rate limited"),
-        ("503", "Redis unavailable"),
-    ] {
-        r.insert(code.into(), err(d));
-    }
-}
-
-fn headers_params() -> Value {
-    json!([
-        {"name": "X-Correlation-ID", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 128},
-         "description": "Kept (or generated), echoed on the response and stored as the event's `cid`"},
-        {"name": "traceparent", "in": "header", "required": false, "schema": {"type": "string"},
-         "description": "W3C trace context, stored as the event's `tp`"},
-        {"name": "Idempotency-Key", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 255},
-         "description": "A retry with the same key within edge.idempotency_ttl returns the first response (`Idempotent-Replayed: true`) and publishes nothing"},
-        {"name": "X-User-ID", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 128},
-         "description": "The user the request acts for (per-user rate limits); a key's configured user wins"}
-    ])
-}
-
-fn publish_op(summary: &str, body: Value, result: Value, extra_params: Value) -> Value {
-    let mut responses = serde_json::Map::new();
-    responses.insert("202".into(), ok("Stored in the stream", result));
-    common_publish_errors(&mut responses);
-    let mut params = headers_params().as_array().cloned().unwrap_or_default();
-    params.extend(extra_params.as_array().cloned().unwrap_or_default());
+fn publish_op(summary: &str, body: Value, result: Value, keyed: bool) -> Value {
+    let mut responses = Map::new();
+    responses.insert("202".into(), ok("Stored in the stream", result, true));
+    common_errors(&mut responses, keyed, true);
     json!({
         "summary": summary,
-        "parameters": params,
+        "security": security(keyed),
+        "parameters": header_params(true),
         "requestBody": {"required": true, "content": body},
         "responses": responses,
     })
 }
 
-fn read_op(summary: &str, params: Value, result: Value, not_found: Option<&str>) -> Value {
-    let mut responses = serde_json::Map::new();
-    responses.insert("200".into(), ok("OK", result));
-    read_errors(&mut responses);
+fn read_op(
+    summary: &str,
+    mut params: Vec<Value>,
+    result: Value,
+    not_found: Option<&str>,
+    keyed: bool,
+) -> Value {
+    let mut responses = Map::new();
+    responses.insert("200".into(), ok("OK", result, true));
+    common_errors(&mut responses, keyed, false);
     if let Some(d) = not_found {
         responses.insert("404".into(), err(d));
     }
-    json!({"summary": summary, "parameters": params, "responses": responses})
+    params.extend(header_params(false));
+    json!({"summary": summary, "security": security(keyed), "parameters": params, "responses": responses})
 }
 
-fn ops_op(summary: &str, responses: Value) -> Value {
-    json!({"summary": summary, "security": [], "responses": responses})
+fn ops_op(summary: &str, keyed: bool, mut responses: Map<String, Value>) -> Value {
+    if keyed {
+        responses.insert("401".into(), err("API key missing or unknown"));
+        responses.insert("403".into(), err("The key lacks the `ops` scope"));
+        responses.insert(
+            "429".into(),
+            err("Too many failed authentications from this address"),
+        );
+        responses.insert("503".into(), err("Redis unavailable"));
+    }
+    json!({"summary": summary, "security": security(keyed), "responses": responses})
 }
 
-/// The document.
-pub fn document() -> Value {
-    let payload = json!({"application/json": {"schema": {"type": "object", "description": "The event's payload (see the event catalog in the README)"}},
-                         "application/vnd.astra.envelope+json": {"schema": {"$ref": "#/components/schemas/EnvelopeIn"}}});
+fn envelope_schema(stream: &str, event_type: &str, v: u32, data: Value, cfg: &Config) -> Value {
+    json!({
+        "type": "object", "additionalProperties": false, "required": ["data"],
+        "description": format!(
+            "A full envelope for {stream}. Also accepted: `ts` (occurred-at, Unix ms), only within \
+             edge.envelope_skew = {} of the edge's clock (a window that moves with the clock, so it \
+             is not a static property here; else the edge's time is used), and `src`, only equal to \
+             your key's name (it is always set to it)",
+            humantime::format_duration(cfg.edge.envelope_skew)
+        ),
+        "properties": {
+            "id": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": VISIBLE,
+                   "description": "Your id for the event; stored as a UUID derived from (your key, this id), so a retry with it is applied once"},
+            "type": {"type": "string", "enum": [event_type]},
+            "v": {"type": "integer", "enum": [v]},
+            "cid": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": VISIBLE},
+            "caus": {"type": "string", "minLength": 1, "maxLength": 64, "pattern": VISIBLE},
+            "tp": {"type": "string", "description": "W3C traceparent (an invalid one is ignored)"},
+            "data": data,
+        }
+    })
+}
+
+fn payload_schema(stream: &str, optional: &[&str]) -> Value {
+    match schema::payload(stream) {
+        Some(p) => p.json_schema(optional),
+        None => {
+            json!({"type": "object", "description": "Any JSON object (no contract known to this binary)"})
+        }
+    }
+}
+
+fn published() -> Value {
+    json!({"$ref": "#/components/schemas/Published"})
+}
+
+/// The document for `cfg` (every route; security and schemas as configured).
+pub fn document_for(cfg: &Config) -> Value {
+    let keyed = cfg.edge.auth == AuthMode::Keys;
+    let ops_keyed = cfg.edge.ops_keyed();
+    let mut paths = Map::new();
+    let mut batch_items = vec![];
+    for s in cfg.streams.iter().filter(|s| s.external) {
+        let data = payload_schema(&s.name, &[]);
+        let env = envelope_schema(&s.name, &s.event_type(), s.version, data.clone(), cfg);
+        batch_items.push(
+            json!({"type": "object", "additionalProperties": false, "required": ["stream", "data"],
+            "properties": {"stream": {"type": "string", "enum": [s.name]}, "data": data.clone()}}),
+        );
+        batch_items.push(json!({"type": "object", "additionalProperties": false, "required": ["stream", "envelope"],
+            "properties": {"stream": {"type": "string", "enum": [s.name]}, "envelope": env.clone()}}));
+        let body = json!({"application/json": {"schema": data},
+                          "application/vnd.astra.envelope+json": {"schema": env}});
+        paths.insert(
+            format!("/v1/events/{}", s.name),
+            json!({"post": publish_op(&format!("Publish one event to {} (its payload, or a full envelope)", s.name), body, published(), keyed)}),
+        );
+    }
     let json_only = |schema: Value| json!({"application/json": {"schema": schema}});
-    let published = json!({"$ref": "#/components/schemas/Published"});
-    let mut doc = json!({
+    paths.insert("/v1/events".into(), json!({"post": publish_op(
+        "Publish a batch (validated all or nothing; counts one per event against the rate limits)",
+        json_only(json!({"type": "object", "additionalProperties": false, "required": ["events"], "properties": {
+            "events": {"type": "array", "minItems": 1, "maxItems": cfg.edge.max_batch, "items": {"oneOf": batch_items}}}})),
+        json!({"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": published()}}}),
+        keyed,
+    )}));
+    if cfg.stream(crate::events::streams::TRADE_EXECUTED).is_some() {
+        paths.insert("/api/v1/trading/execute".into(), json!({"post": publish_op(
+            "Seed route: publish astra.trading.trade_executed.v1 (trade_id generated when absent; user_id may be left out by a key with a fixed user)",
+            json_only(payload_schema(crate::events::streams::TRADE_EXECUTED, &["trade_id"])),
+            json!({"allOf": [published(), {"type": "object", "required": ["trade_id", "status"], "properties": {"trade_id": {"type": "string"}, "status": {"type": "string"}}}]}),
+            keyed,
+        )}));
+    }
+    if cfg.stream(crate::events::streams::REGISTERED).is_some() {
+        paths.insert("/api/v1/users/register".into(), json!({"post": publish_op(
+            "Seed route: publish astra.user.registered.v1 (user_id generated when absent and returned; a replay returns the same one)",
+            json_only(payload_schema(crate::events::streams::REGISTERED, &["user_id"])),
+            json!({"allOf": [published(), {"type": "object", "required": ["user_id", "status"], "properties": {"user_id": {"type": "string"}, "status": {"type": "string"}}}]}),
+            keyed,
+        )}));
+    }
+    let id_param = |name: &str, inp: &str, required: bool| {
+        json!({"name": name, "in": inp, "required": required,
+               "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[A-Za-z0-9._:@-]+$"}})
+    };
+    paths.insert(
+        "/api/v1/gamification/user/{id}/profile".into(),
+        json!({"get": read_op(
+            "A user's profile, XP, level, achievements and current ranks",
+            vec![id_param("id", "path", true)],
+            json!({"type": "object", "required": ["user_id", "xp", "level"]}),
+            Some("The bus has no profile or XP for this user"),
+            keyed,
+        )}),
+    );
+    for (board, pattern, example) in [
+        ("daily", "^[0-9]{4}-[0-9]{2}-[0-9]{2}$", "2026-11-21"),
+        ("weekly", "^[0-9]{4}-W[0-9]{2}$", "2026-W47"),
+        ("all_time", "^all$", "all"),
+    ] {
+        paths.insert(format!("/api/v1/gamification/leaderboard/{board}"), json!({"get": read_op(
+            &format!("Top of the {board} leaderboard for the current (or given) period"),
+            vec![
+                json!({"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}}),
+                json!({"name": "period", "in": "query", "required": false, "schema": {"type": "string", "pattern": pattern}, "example": example}),
+            ],
+            json!({"type": "object", "required": ["board", "period", "entries"]}),
+            None,
+            keyed,
+        )}));
+    }
+    paths.insert("/api/v1/social/feed".into(), json!({"get": read_op(
+        "Newest feed items, global or of one user",
+        vec![
+            id_param("user", "query", false),
+            json!({"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}}),
+        ],
+        json!({"type": "object", "required": ["scope", "items"]}),
+        None,
+        keyed,
+    )}));
+    let one = |code: &str, v: Value| {
+        let mut m = Map::new();
+        m.insert(code.into(), v);
+        m
+    };
+    let obj = json!({"type": "object"});
+    paths.insert("/health".into(), json!({"get": ops_op("The process is alive (always open)", false, one("200", ok("Alive", obj.clone(), false)))}));
+    let mut ready = one("200", ok("Ready", obj.clone(), false));
+    ready.insert("503".into(), err("Not ready, with the reason"));
+    paths.insert(
+        "/ready".into(),
+        json!({"get": ops_op("Redis reachable and every group declared", ops_keyed, ready)}),
+    );
+    paths.insert("/metrics".into(), json!({"get": ops_op("Prometheus/OpenMetrics exposition", ops_keyed, one("200",
+        json!({"description": "OpenMetrics text", "headers": corr_header(), "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}})))}));
+    let mut dash = one(
+        "200",
+        json!({"description": "Summary", "headers": corr_header(),
+        "content": {"application/json": {"schema": obj.clone()}, "text/html": {"schema": {"type": "string"}}}}),
+    );
+    dash.insert("503".into(), err("No snapshot read yet"));
+    paths.insert("/dashboard".into(), json!({"get": ops_op("KPI summary with targets (JSON, or HTML for browsers)", ops_keyed, dash)}));
+    let mut streams = one("200", ok("Catalog", obj.clone(), false));
+    streams.insert("503".into(), err("Redis unavailable"));
+    paths.insert("/v1/streams".into(), json!({"get": ops_op("The declared stream catalog with lengths and readers", ops_keyed, streams.clone())}));
+    paths.insert("/v1/groups".into(), json!({"get": ops_op("Per group and stream: length, lag, pending, consumers, dead letters", ops_keyed, streams)}));
+    paths.insert("/openapi.json".into(), json!({"get": ops_op("This document (always open)", false, one("200", ok("OpenAPI 3", obj, false)))}));
+    paths.extend(super::console::openapi_paths());
+    json!({
         "openapi": "3.0.3",
         "info": {
             "title": "astra-bus HTTP edge",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Publish events to the declared streams, read the handlers' projections, and operate the bus. Every error is JSON {error, detail}."
+            "description": format!(
+                "Publish events to the declared streams, read the handlers' projections, and operate the bus. Every error is JSON {{error, detail}}. This instance: edge.auth = {}, ops routes {}.",
+                if keyed { "keys" } else { "off" },
+                if ops_keyed { "need a key with the ops scope" } else { "open" }
+            )
         },
-        "security": [{"bearer": []}],
-        "paths": {
-            "/v1/events/{stream}": {"post": publish_op(
-                "Publish one event (its payload, or a full envelope) to an external stream",
-                payload,
-                published.clone(),
-                json!([{"name": "stream", "in": "path", "required": true, "schema": {"type": "string"}, "example": "astra.trading.trade_executed.v1"}]),
-            )},
-            "/v1/events": {"post": publish_op(
-                "Publish a batch (all or nothing validation)",
-                json_only(json!({"$ref": "#/components/schemas/Batch"})),
-                json!({"type": "object", "properties": {"events": {"type": "array", "items": {"$ref": "#/components/schemas/Published"}}}}),
-                json!([]),
-            )},
-            "/api/v1/trading/execute": {"post": publish_op(
-                "Seed route: publish astra.trading.trade_executed.v1 (trade_id generated when absent, user_id defaults to the caller's user)",
-                json_only(json!({"type": "object"})),
-                json!({"allOf": [{"$ref": "#/components/schemas/Published"}, {"type": "object", "properties": {"trade_id": {"type": "string"}, "status": {"type": "string"}}}]}),
-                json!([]),
-            )},
-            "/api/v1/users/register": {"post": publish_op(
-                "Seed route: publish astra.user.registered.v1 (user_id generated when absent)",
-                json_only(json!({"type": "object"})),
-                json!({"allOf": [{"$ref": "#/components/schemas/Published"}, {"type": "object", "properties": {"user_id": {"type": "string"}, "status": {"type": "string"}}}]}),
-                json!([]),
-            )},
-            "/api/v1/gamification/user/{id}/profile": {"get": read_op(
-                "A user's profile, XP, level, achievements and current ranks",
-                json!([{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]),
-                json!({"type": "object"}),
-                Some("The bus has no profile or XP for this user"),
-            )},
-            "/api/v1/gamification/leaderboard/{board}": {"get": read_op(
-                "Top of a leaderboard for the current (or given) period",
-                json!([
-                    {"name": "board", "in": "path", "required": true, "schema": {"type": "string", "enum": ["daily", "weekly", "all_time"]}},
-                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}},
-                    {"name": "period", "in": "query", "required": false, "schema": {"type": "string"}, "example": "2026-W47"}
-                ]),
-                json!({"type": "object"}),
-                Some("No such board"),
-            )},
-            "/api/v1/social/feed": {"get": read_op(
-                "Newest feed items, global or of one user",
-                json!([
-                    {"name": "user", "in": "query", "required": false, "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "required": false, "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}}
-                ]),
-                json!({"type": "object"}),
-                None,
-            )},
-            "/health": {"get": ops_op("The process is alive", json!({"200": ok("Alive", json!({"type": "object"}))}))},
-            "/ready": {"get": ops_op("Redis reachable and every group declared", json!({
-                "200": ok("Ready", json!({"type": "object"})),
-                "503": err("Not ready, with the reason")
-            }))},
-            "/metrics": {"get": ops_op("Prometheus/OpenMetrics exposition", json!({
-                "200": {"description": "OpenMetrics text", "content": {"application/openmetrics-text": {"schema": {"type": "string"}}}}
-            }))},
-            "/dashboard": {"get": ops_op("KPI summary with targets (JSON, or HTML for browsers)", json!({
-                "200": {"description": "Summary", "content": {"application/json": {"schema": {"type": "object"}}, "text/html": {"schema": {"type": "string"}}}},
-                "503": err("No snapshot read yet")
-            }))},
-            "/v1/streams": {"get": ops_op("The declared stream catalog with lengths and readers", json!({
-                "200": ok("Catalog", json!({"type": "object"})), "503": err("Redis unavailable")
-            }))},
-            "/v1/groups": {"get": ops_op("Per group and stream: length, lag, pending, consumers, dead letters", json!({
-                "200": ok("Status", json!({"type": "object"})), "503": err("Redis unavailable")
-            }))},
-            "/openapi.json": {"get": ops_op("This document", json!({"200": ok("OpenAPI 3", json!({"type": "object"}))}))}
-        },
+        "security": security(keyed),
+        "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "API key (edge.auth = \"keys\"); configured by its SHA-256"}},
             "schemas": {
@@ -193,18 +313,7 @@ pub fn document() -> Value {
                     "field": {"type": "string"}, "index": {"type": "integer"}, "stream": {"type": "string"}}},
                 "Published": {"type": "object", "required": ["event_id", "entry_id", "stream", "cid"], "properties": {
                     "event_id": {"type": "string"}, "entry_id": {"type": "string"}, "stream": {"type": "string"}, "cid": {"type": "string"}}},
-                "Batch": {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": {
-                    "type": "object", "required": ["stream"], "properties": {
-                        "stream": {"type": "string"}, "data": {"type": "object"}, "envelope": {"$ref": "#/components/schemas/EnvelopeIn"}}}}}},
-                "EnvelopeIn": {"type": "object", "required": ["data"], "additionalProperties": false, "properties": {
-                    "id": {"type": "string"}, "type": {"type": "string"}, "v": {"type": "integer"}, "cid": {"type": "string"},
-                    "caus": {"type": "string"}, "ts": {"type": "integer"}, "src": {"type": "string"}, "tp": {"type": "string"},
-                    "data": {"type": "object"}}}
             }
         }
-    });
-    if let Some(paths) = doc["paths"].as_object_mut() {
-        paths.extend(super::console::openapi_paths());
-    }
-    doc
+    })
 }

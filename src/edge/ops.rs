@@ -1,27 +1,27 @@
 //! Operations routes: liveness, readiness, metrics, the KPI dashboard, the catalog and
-//! group status, and the OpenAPI document. Open unless `edge.ops = "keys"`; never rate
-//! limited (health checks and scrapes must not be refused by a busy client).
+//! group status, and the OpenAPI document. `/health` (liveness, says nothing) and
+//! `/openapi.json` (the public contract) are always open; the others need a key with the
+//! `ops` scope unless `edge.ops = "open"` (the default only on a loopback listener: the
+//! dashboard shows revenue, `/v1/groups` costs Redis ~60 calls). Never rate limited
+//! (health checks and scrapes must not be refused by a busy client).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::Edge;
 use super::error::{ApiError, json as json_response};
+use super::{Edge, RequestCtx};
 use crate::bus::client::{arg, as_int};
 
 /// Content type of the OpenMetrics text exposition (prometheus-client's format).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `GET /health`: the process is alive (never touches Redis).
-pub async fn health(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+pub async fn health(State(_edge): State<Arc<Edge>>) -> Result<Response, ApiError> {
     Ok(json_response(
         StatusCode::OK,
         json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}),
@@ -32,9 +32,10 @@ pub async fn health(
 /// the reason otherwise. One pipelined round: PING and XINFO GROUPS per stream read.
 pub async fn ready(
     State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+    edge.authenticate_ops(&ctx, &headers).await?;
     let not_ready = |reason: String| {
         ApiError::unavailable("not_ready", reason, std::time::Duration::from_secs(1))
     };
@@ -88,9 +89,10 @@ pub async fn ready(
 /// `GET /metrics`: every metric in OpenMetrics text, from memory.
 pub async fn metrics(
     State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+    edge.authenticate_ops(&ctx, &headers).await?;
     Ok((
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         edge.metrics.encode(),
@@ -195,9 +197,10 @@ fn dashboard_html(d: &Value) -> String {
 /// prefers `text/html` (a browser).
 pub async fn dashboard(
     State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+    edge.authenticate_ops(&ctx, &headers).await?;
     let Some(d) = dashboard_json(&edge) else {
         return Err(ApiError::unavailable(
             "not_ready",
@@ -245,9 +248,10 @@ fn prefers_html(accept: &str) -> bool {
 /// `GET /v1/streams`: the declared catalog with each stream's length and readers.
 pub async fn streams(
     State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+    edge.authenticate_ops(&ctx, &headers).await?;
     let redis = edge.redis()?;
     let cmds = edge
         .config
@@ -288,9 +292,10 @@ pub async fn streams(
 /// `GET /v1/groups`: what `astra-bus status --json` prints, read live.
 pub async fn groups(
     State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+    edge.authenticate_ops(&ctx, &headers).await?;
     let redis = edge.redis()?;
     let rows = crate::bus::status::status(redis, &edge.config)
         .await
@@ -299,12 +304,11 @@ pub async fn groups(
 }
 
 /// `GET /openapi.json`.
-pub async fn openapi(
-    State(edge): State<Arc<Edge>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
-    Ok(json_response(StatusCode::OK, super::openapi::document()))
+pub async fn openapi(State(edge): State<Arc<Edge>>) -> Result<Response, ApiError> {
+    Ok(json_response(
+        StatusCode::OK,
+        super::openapi::document_for(&edge.config),
+    ))
 }
 
 #[cfg(test)]

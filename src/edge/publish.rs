@@ -4,84 +4,35 @@
 //! Redis: authenticate (401) → route and stream (404/403) → content type (415) → size
 //! (413) → JSON (400) → schema (422) → rate limits (429, in Redis) → publish (202, or 503
 //! when Redis cannot store it). With `Idempotency-Key`, publishing and remembering the
-//! answer are one script per stream, so a retry returns the first answer and stores
-//! nothing new.
+//! answer are one script per stream, so a retry returns the first answer (generated ids
+//! included) and stores nothing new; records are scoped to the caller's verified identity.
+//!
+//! Cost is linear in the body: the body is read into a bounded buffer (counted against
+//! `edge.body_memory`), checked once for well-formed JSON without building it, then each
+//! payload is walked once against its contract ([`crate::events::schema`]), stopping at
+//! the first problem.
 
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::auth::Caller;
+pub use super::body::ENVELOPE_MEDIA_TYPE;
+use super::body::{BatchSeed, BodyKind, EnvelopeIn, ItemIn, read_body};
 use super::error::{ApiError, json as json_response};
 use super::{Class, Edge, RequestCtx};
-use crate::bus::idempotent::{self, Outcome, Stored};
+use crate::bus::idempotent::{self, Outcome as IdemOutcome, Stored};
 use crate::config::{StreamConfig, hex, visible_ascii};
 use crate::envelope::{ContentType, Envelope};
+use crate::events::schema::{self, Problem};
 use crate::events::streams;
-
-/// Media type of a full envelope body.
-pub const ENVELOPE_MEDIA_TYPE: &str = "application/vnd.astra.envelope+json";
-
-/// What the body of a single publish is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
-    /// The event's payload.
-    Payload,
-    /// A full envelope (`data` holds the payload).
-    Envelope,
-}
-
-/// A full envelope as a client sends it; everything but `data` is optional.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnvelopeIn {
-    /// Event id chosen by the client (consumers skip ids they have applied, so a client
-    /// that retries with the same id gets exactly-once effects).
-    id: Option<String>,
-    /// `<domain>.<event>`; must match the stream.
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    /// Schema version; must match the stream.
-    v: Option<u32>,
-    /// Correlation id (else `X-Correlation-ID`, else generated).
-    cid: Option<String>,
-    /// Causation id.
-    caus: Option<String>,
-    /// Occurred-at, Unix ms (else now).
-    ts: Option<i64>,
-    /// Producer (else the key's name, or `edge`).
-    src: Option<String>,
-    /// W3C traceparent (else the `traceparent` header).
-    tp: Option<String>,
-    /// The payload.
-    data: Value,
-}
-
-/// One item of `POST /v1/events`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ItemIn {
-    /// Target stream.
-    stream: String,
-    /// The payload (or give `envelope`).
-    data: Option<Value>,
-    /// A full envelope (or give `data`).
-    envelope: Option<Value>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchIn {
-    events: Vec<Value>,
-}
 
 /// The field a validation message is about (`missing field `x``, `x: reason`).
 fn field_of(msg: &str) -> Option<String> {
@@ -95,6 +46,15 @@ fn field_of(msg: &str) -> Option<String> {
         .then(|| head.to_string())
 }
 
+fn problem(stream: &str, p: Problem) -> ApiError {
+    let mut e =
+        ApiError::invalid(format!("payload does not match {stream}: {p}")).with("stream", stream);
+    if let Some(f) = p.field {
+        e = e.with("field", f);
+    }
+    e
+}
+
 fn invalid(stream: &str, msg: String) -> ApiError {
     let mut e =
         ApiError::invalid(format!("payload does not match {stream}: {msg}")).with("stream", stream);
@@ -102,75 +62,6 @@ fn invalid(stream: &str, msg: String) -> ApiError {
         e = e.with("field", f);
     }
     e
-}
-
-/// Reads and parses the body: 415 for another content type, 413 beyond the limit, 400
-/// for malformed JSON.
-async fn read_json(
-    edge: &Edge,
-    headers: &HeaderMap,
-    body: Body,
-    allow_envelope: bool,
-) -> Result<(Value, BodyKind, Bytes), ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        });
-    let kind = match ct.as_deref() {
-        Some("application/json") => BodyKind::Payload,
-        Some(ENVELOPE_MEDIA_TYPE) if allow_envelope => BodyKind::Envelope,
-        other => {
-            let accepted = if allow_envelope {
-                format!("application/json (the payload) or {ENVELOPE_MEDIA_TYPE} (a full envelope)")
-            } else {
-                "application/json".to_string()
-            };
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!(
-                    "Content-Type {} is not accepted here; send {accepted}",
-                    other.map(|s| format!("{s:?}")).unwrap_or("(none)".into())
-                ),
-            ));
-        }
-    };
-    let limit = edge.config.edge.max_body_bytes;
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("the body exceeds edge.max_body_bytes = {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if std::error::Error::source(&e)
-            .map(|s| s.to_string().contains("length limit"))
-            .unwrap_or(false)
-            || e.to_string().contains("length limit")
-        {
-            too_large()
-        } else {
-            ApiError::bad_request("unreadable_body", format!("could not read the body: {e}"))
-        }
-    })?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    Ok((v, kind, bytes))
 }
 
 fn stream_for<'a>(edge: &'a Edge, name: &str) -> Result<&'a StreamConfig, ApiError> {
@@ -194,22 +85,82 @@ fn stream_for<'a>(edge: &'a Edge, name: &str) -> Result<&'a StreamConfig, ApiErr
     Ok(s)
 }
 
-/// Builds the envelope of one event after checking it against the stream's schema.
-fn build_event(
+/// Parses one payload (JSON bytes) against the stream's contract: strictly for the public
+/// inputs (unknown fields refused); any JSON object on an external stream this binary has
+/// no contract for. `optional`: required fields the route fills itself.
+fn parse_payload(
     s: &StreamConfig,
-    body: Value,
+    json: &[u8],
+    fill: impl FnOnce(&mut Map<String, Value>),
+) -> Result<Map<String, Value>, ApiError> {
+    match schema::payload(&s.name) {
+        Some(p) => {
+            let mut m = p.parse(json).map_err(|e| problem(&s.name, e))?;
+            fill(&mut m);
+            p.complete(&m).map_err(|e| problem(&s.name, e))?;
+            Ok(m)
+        }
+        None => match serde_json::from_slice::<Value>(json) {
+            Ok(Value::Object(mut m)) => {
+                fill(&mut m);
+                Ok(m)
+            }
+            _ => Err(invalid(&s.name, "payload must be a JSON object".into())),
+        },
+    }
+}
+
+/// A key with a verified user may only publish events that user acts in.
+fn bind_actor(s: &StreamConfig, m: &Map<String, Value>, caller: &Caller) -> Result<(), ApiError> {
+    let (Some(p), Some(user), true) =
+        (schema::payload(&s.name), &caller.user, caller.verified_user)
+    else {
+        return Ok(());
+    };
+    match m.get(p.actor).and_then(Value::as_str) {
+        Some(a) if a == user => Ok(()),
+        other => Err(ApiError::forbidden(
+            "user_mismatch",
+            format!(
+                "key {:?} acts for user {user:?}; {} {} names {}",
+                caller.name(),
+                s.name,
+                p.actor,
+                other.map(|a| format!("{a:?}")).unwrap_or("nobody".into())
+            ),
+        )
+        .with("field", p.actor)
+        .with("stream", s.name.as_str())),
+    }
+}
+
+/// The stored id of a client-chosen envelope id: a UUID (v8) derived from the producer
+/// and the id, so ids are per producer.
+fn namespaced_id(producer: &str, id: &str) -> String {
+    let d = Sha256::digest([producer.as_bytes(), &[0], id.as_bytes()].concat());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    uuid::Builder::from_custom_bytes(b).into_uuid().to_string()
+}
+
+/// Builds the envelope of one event: the payload (already checked) or a full envelope.
+fn build_event(
+    edge: &Edge,
+    s: &StreamConfig,
+    body: &[u8],
     kind: BodyKind,
     ctx: &RequestCtx,
     caller: &Caller,
+    fill: impl FnOnce(&mut Map<String, Value>),
 ) -> Result<Envelope, ApiError> {
     let src = match &caller.key {
         Some(k) => k.name.clone(),
         None => "edge".to_string(),
     };
     let (payload, env_in) = match kind {
-        BodyKind::Payload => (body, None),
+        BodyKind::Payload => (parse_payload(s, body, fill)?, None),
         BodyKind::Envelope => {
-            let e: EnvelopeIn = serde_json::from_value(body).map_err(|e| {
+            let e: EnvelopeIn = serde_json::from_slice(body).map_err(|e| {
                 let msg = e.to_string();
                 let mut err = ApiError::invalid(format!("not a valid envelope: {msg}"))
                     .with("stream", s.name.as_str());
@@ -218,10 +169,10 @@ fn build_event(
                 }
                 err
             })?;
-            (e.data.clone(), Some(e))
+            (parse_payload(s, e.data.get().as_bytes(), fill)?, Some(e))
         }
     };
-    crate::events::validate_json(&s.name, &payload).map_err(|m| invalid(&s.name, m))?;
+    bind_actor(s, &payload, caller)?;
     let data = rmp_serde::to_vec_named(&payload)
         .map_err(|e| invalid(&s.name, format!("cannot be encoded: {e}")))?;
     let mut env = Envelope::root(
@@ -255,11 +206,18 @@ fn build_event(
                 format!("{v} does not match the stream's version {}", env.v),
             ));
         }
+        if let Some(x) = &e.src
+            && *x != src
+        {
+            return Err(bad(
+                "src",
+                format!("is set by the edge to the key's name ({src:?}); leave it out"),
+            ));
+        }
         for (field, value, max) in [
             ("id", &e.id, 64),
             ("cid", &e.cid, 128),
             ("caus", &e.caus, 64),
-            ("src", &e.src, 128),
         ] {
             if let Some(x) = value
                 && !visible_ascii(x, max)
@@ -270,37 +228,30 @@ fn build_event(
                 ));
             }
         }
-        if let Some(ts) = e.ts
-            && !(0..=crate::envelope::now_ms() + 86_400_000).contains(&ts)
-        {
-            return Err(bad(
-                "ts",
-                format!("{ts} is not a Unix time in ms up to a day ahead"),
-            ));
-        }
-        if let Some(tp) = &e.tp
-            && !super::valid_traceparent(tp)
-        {
-            return Err(bad(
-                "tp",
-                "not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)".into(),
-            ));
+        if let Some(ts) = e.ts {
+            let skew = edge.config.edge.envelope_skew.as_millis() as i64;
+            let now = crate::envelope::now_ms();
+            if (ts - now).abs() > skew {
+                return Err(bad(
+                    "ts",
+                    format!(
+                        "{ts} is more than edge.envelope_skew = {} from the edge's clock ({now})",
+                        humantime::format_duration(edge.config.edge.envelope_skew)
+                    ),
+                ));
+            }
+            env.ts = ts;
         }
         if let Some(id) = e.id {
-            env.id = id;
+            env.id = namespaced_id(&src, &id);
         }
         if let Some(cid) = e.cid {
             env.cid = cid;
         }
         env.caus = e.caus;
-        if let Some(ts) = e.ts {
-            env.ts = ts;
-        }
-        if let Some(src) = e.src {
-            env.src = src;
-        }
-        if e.tp.is_some() {
-            env.tp = e.tp;
+        // An invalid traceparent is ignored, as W3C trace context asks of receivers.
+        if let Some(tp) = e.tp.filter(|tp| super::valid_traceparent(tp)) {
+            env.tp = Some(tp);
         }
     }
     Ok(env)
@@ -330,17 +281,38 @@ fn digest(parts: &[&[u8]]) -> String {
     hex(&h.finalize())
 }
 
+/// 409: the key belongs to another request (the first one's answer stands).
+fn key_reused() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used for a different request within edge.idempotency_ttl; \
+         use a new key for a new request (nothing was stored)",
+    )
+}
+
+/// What a publish stored (or, replayed, what the first request stored).
+struct Outcome {
+    events: Vec<Stored>,
+    /// Ids the route generated (`user_id`, `trade_id`), as first answered.
+    extra: Map<String, Value>,
+    replayed: bool,
+}
+
 /// Publishes `events` (stream, envelope): in one pipelined round, or with an idempotency
-/// key as one script per stream. Returns what was stored in order (on a replay: what the
-/// first request stored), and whether the whole answer is a replay.
+/// key as one script per stream after claiming the key (so a reused key refuses before
+/// anything is stored).
+#[allow(clippy::too_many_arguments)]
 async fn store(
     edge: &Edge,
+    ctx: &RequestCtx,
     caller: &Caller,
     route: &str,
     headers: &HeaderMap,
     body: &[u8],
     events: Vec<(String, Envelope)>,
-) -> Result<(Vec<Stored>, bool), ApiError> {
+    extra: Map<String, Value>,
+) -> Result<Outcome, ApiError> {
     let redis = edge.redis()?;
     let Some(key) = idempotency_key(headers)? else {
         // One event: a plain XADD (fred auto-pipelines concurrent requests); several: one
@@ -356,8 +328,8 @@ async fn store(
         for (s, _) in &events {
             edge.metrics.published_to(s);
         }
-        return Ok((
-            events
+        return Ok(Outcome {
+            events: events
                 .iter()
                 .zip(entries)
                 .map(|((_, e), entry_id)| Stored {
@@ -366,11 +338,13 @@ async fn store(
                     entry_id,
                 })
                 .collect(),
-            false,
-        ));
+            extra,
+            replayed: false,
+        });
     };
-    // Scoped to the caller and route: two clients (or routes) never share a record.
-    let scope = digest(&[caller.name().as_bytes(), route.as_bytes(), key.as_bytes()]);
+    // Scoped to the verified caller and the route: two callers never share a record.
+    let identity = caller.identity(ctx.peer);
+    let scope = digest(&[identity.as_bytes(), route.as_bytes(), key.as_bytes()]);
     let fingerprint = digest(&[route.as_bytes(), body]);
     let mut by_stream: Vec<(String, Vec<usize>)> = vec![];
     for (i, (s, _)) in events.iter().enumerate() {
@@ -379,8 +353,20 @@ async fn store(
             None => by_stream.push((s.clone(), vec![i])),
         }
     }
+    // The key is claimed for this request's fingerprint first (one SET NX): a request
+    // with another body is refused before any stream is written, whatever streams each
+    // of the two requests spans.
+    let ttl = edge.config.edge.idempotency_ttl;
+    let claimed = idempotent::claim(redis, &scope, &fingerprint, ttl)
+        .await
+        .map_err(|e| ApiError::redis(&e))?;
+    if !claimed {
+        return Err(key_reused());
+    }
+    let extra_text = Value::Object(extra).to_string();
     let mut out = vec![Stored::default(); events.len()];
     let mut all_replayed = true;
+    let mut first_extra = None;
     for (stream, idx) in by_stream {
         let envs: Vec<Envelope> = idx.iter().map(|i| events[*i].1.clone()).collect();
         let outcome = idempotent::publish_once(
@@ -388,29 +374,26 @@ async fn store(
             &stream,
             &scope,
             &fingerprint,
-            edge.config.edge.idempotency_ttl,
+            &extra_text,
+            ttl,
             &envs,
         )
         .await
         .map_err(|e| ApiError::redis(&e))?;
         let (record, replayed) = match outcome {
-            Outcome::Published(r) => {
+            IdemOutcome::Published(r) => {
                 for _ in &envs {
                     edge.metrics.published_to(&stream);
                 }
                 (r, false)
             }
-            Outcome::Replayed(r) => (r, true),
+            IdemOutcome::Replayed(r) => (r, true),
         };
         if record.fingerprint != fingerprint || record.events.len() != idx.len() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used for a different request within edge.idempotency_ttl; \
-                 use a new key for a new request",
-            ));
+            return Err(key_reused());
         }
         all_replayed &= replayed;
+        first_extra.get_or_insert(record.extra);
         for (i, ids) in idx.into_iter().zip(record.events) {
             out[i] = ids;
         }
@@ -418,7 +401,15 @@ async fn store(
     if all_replayed {
         edge.metrics.edge_idempotent_replays.inc();
     }
-    Ok((out, all_replayed))
+    let extra = match first_extra.and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
+        Some(Value::Object(m)) => m,
+        _ => Map::new(),
+    };
+    Ok(Outcome {
+        events: out,
+        extra,
+        replayed: all_replayed,
+    })
 }
 
 fn accepted(body: Value, replayed: bool) -> Response {
@@ -430,7 +421,7 @@ fn accepted(body: Value, replayed: bool) -> Response {
     r
 }
 
-/// Shared tail of the single-event routes.
+/// Shared tail of the single-event routes; `extra` are the ids the route generated.
 #[allow(clippy::too_many_arguments)]
 async fn publish_single(
     edge: &Edge,
@@ -439,33 +430,37 @@ async fn publish_single(
     route: &str,
     headers: &HeaderMap,
     s: &StreamConfig,
-    payload: Value,
-    kind: BodyKind,
     raw: &[u8],
-    extra: &[(&str, Value)],
+    env: Envelope,
+    extra: Map<String, Value>,
+    status: bool,
 ) -> Result<Response, ApiError> {
-    let env = build_event(s, payload, kind, ctx, caller)?;
-    let admitted = edge.limit(ctx, caller, &[s.domain.as_str()]).await?;
-    let (ids, replayed) = store(
+    let admitted = edge.limit(ctx, caller, &[s.domain.as_str()], 1).await?;
+    let out = store(
         edge,
+        ctx,
         caller,
         route,
         headers,
         raw,
         vec![(s.name.clone(), env)],
+        extra,
     )
     .await?;
-    let stored = ids.into_iter().next().unwrap_or_default();
+    let stored = out.events.into_iter().next().unwrap_or_default();
     let mut body = json!({
         "event_id": stored.event_id,
         "entry_id": stored.entry_id,
         "stream": s.name,
         "cid": stored.cid,
     });
-    for (k, v) in extra {
-        body[*k] = v.clone();
+    for (k, v) in out.extra {
+        body[k] = v;
     }
-    Ok(admitted.apply(accepted(body, replayed)))
+    if status {
+        body["status"] = Value::from("accepted");
+    }
+    Ok(admitted.apply(accepted(body, out.replayed)))
 }
 
 /// `POST /v1/events/{stream}`: one event (its payload, or a full envelope).
@@ -476,12 +471,13 @@ pub async fn publish_one(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = edge.authenticate(&headers, Class::Publish)?;
+    let caller = edge.authenticate(&ctx, &headers, Class::Publish).await?;
     let Path(name) =
         path.map_err(|e| ApiError::bad_request("invalid_path", format!("bad stream name: {e}")))?;
     let s = stream_for(&edge, &name)?;
     caller.require_publish(&s.name)?;
-    let (payload, kind, raw) = read_json(&edge, &headers, body, true).await?;
+    let (raw, kind) = read_body(&edge, &headers, body, true).await?;
+    let env = build_event(&edge, s, &raw.bytes, kind, &ctx, &caller, |_| {})?;
     publish_single(
         &edge,
         &ctx,
@@ -489,48 +485,48 @@ pub async fn publish_one(
         "/v1/events/{stream}",
         &headers,
         s,
-        payload,
-        kind,
-        &raw,
-        &[],
+        &raw.bytes,
+        env,
+        Map::new(),
+        false,
     )
     .await
 }
 
 /// `POST /v1/events`: `{"events": [{"stream", "data"|"envelope"}, ...]}`, validated all
-/// or nothing (422 names the index, the field and the reason).
+/// or nothing (422 names the index, the field and the reason); counts one per event
+/// against the rate limits.
 pub async fn publish_batch(
     State(edge): State<Arc<Edge>>,
     Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = edge.authenticate(&headers, Class::Publish)?;
-    let (v, _, raw) = read_json(&edge, &headers, body, false).await?;
-    let batch: BatchIn = serde_json::from_value(v).map_err(|e| {
-        ApiError::invalid(format!(
-            "the body must be {{\"events\": [{{\"stream\": ..., \"data\": {{...}}}}, ...]}}: {e}"
-        ))
-    })?;
+    let caller = edge.authenticate(&ctx, &headers, Class::Publish).await?;
+    let (raw, _) = read_body(&edge, &headers, body, false).await?;
     let max = edge.config.edge.max_batch;
-    if batch.events.is_empty() {
+    let mut de = serde_json::Deserializer::from_slice(&raw.bytes);
+    let items = serde::de::DeserializeSeed::deserialize(BatchSeed { max }, &mut de).map_err(|e| {
+        if e.to_string().contains("edge.max_batch") {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "batch_too_large",
+                format!("more than edge.max_batch = {max} events; split the batch"),
+            )
+        } else {
+            ApiError::invalid(format!(
+                "the body must be {{\"events\": [{{\"stream\": ..., \"data\": {{...}}}}, ...]}}: {e}"
+            ))
+        }
+    })?;
+    if items.is_empty() {
         return Err(ApiError::invalid("the batch has no events"));
     }
-    if batch.events.len() > max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
-            format!(
-                "{} events exceed edge.max_batch = {max}; split the batch",
-                batch.events.len()
-            ),
-        ));
-    }
-    let mut events = Vec::with_capacity(batch.events.len());
+    let mut events = Vec::with_capacity(items.len());
     let mut domains: Vec<&str> = vec![];
-    for (i, item) in batch.events.into_iter().enumerate() {
+    for (i, item) in items.into_iter().enumerate() {
         let at = |e: ApiError| e.with("index", i);
-        let item: ItemIn = serde_json::from_value(item)
+        let item: ItemIn = serde_json::from_str(item.get())
             .map_err(|e| at(ApiError::invalid(format!("event {i}: {e}"))))?;
         let s = stream_for(&edge, &item.stream).map_err(|e| {
             // In a batch an unknown stream is a problem of the body, not of the URL.
@@ -550,40 +546,46 @@ pub async fn publish_batch(
                 ))));
             }
         };
-        let env = build_event(s, body, kind, &ctx, &caller).map_err(at)?;
+        let env = build_event(&edge, s, body.get().as_bytes(), kind, &ctx, &caller, |_| {})
+            .map_err(at)?;
         if !domains.contains(&s.domain.as_str()) {
             domains.push(s.domain.as_str());
         }
         events.push((s.name.clone(), env));
     }
-    let admitted = edge.limit(&ctx, &caller, &domains).await?;
+    let admitted = edge
+        .limit(&ctx, &caller, &domains, events.len() as u32)
+        .await?;
     let streams: Vec<String> = events.iter().map(|(s, _)| s.clone()).collect();
-    let (ids, replayed) = store(&edge, &caller, "/v1/events", &headers, &raw, events).await?;
-    let items: Vec<Value> = ids
+    let out = store(
+        &edge,
+        &ctx,
+        &caller,
+        "/v1/events",
+        &headers,
+        &raw.bytes,
+        events,
+        Map::new(),
+    )
+    .await?;
+    let items: Vec<Value> = out
+        .events
         .into_iter()
         .zip(streams)
         .map(|(e, stream)| {
             json!({"event_id": e.event_id, "entry_id": e.entry_id, "stream": stream, "cid": e.cid})
         })
         .collect();
-    Ok(admitted.apply(accepted(json!({ "events": items }), replayed)))
+    Ok(admitted.apply(accepted(json!({ "events": items }), out.replayed)))
 }
 
-/// Fills `field` with `value` when the client left it out.
-fn fill(
-    payload: &mut Value,
-    field: &str,
-    value: impl FnOnce() -> Option<String>,
-) -> Option<String> {
-    let obj = payload.as_object_mut()?;
-    if let Some(Value::String(s)) = obj.get(field) {
-        return Some(s.clone());
+/// Fills `field` with `value` when the client left it out; returns what was filled.
+fn fill(m: &mut Map<String, Value>, field: &str, value: Option<String>) -> Option<String> {
+    if m.contains_key(field) {
+        return None;
     }
-    if obj.contains_key(field) {
-        return None; // present but not a string: the schema check reports it
-    }
-    let v = value()?;
-    obj.insert(field.to_string(), Value::String(v.clone()));
+    let v = value?;
+    m.insert(field.to_string(), Value::String(v.clone()));
     Some(v)
 }
 
@@ -596,7 +598,7 @@ async fn seed_route(
     stream: &str,
     id_field: &str,
 ) -> Result<Response, ApiError> {
-    let caller = edge.authenticate(headers, Class::Publish)?;
+    let caller = edge.authenticate(ctx, headers, Class::Publish).await?;
     let s = edge.config.stream(stream).ok_or_else(|| {
         ApiError::not_found(
             "unknown_stream",
@@ -604,45 +606,32 @@ async fn seed_route(
         )
     })?;
     caller.require_publish(&s.name)?;
-    let (mut payload, _, raw) = read_json(edge, headers, body, false).await?;
-    if !payload.is_object() {
-        return Err(invalid(stream, "payload must be a JSON object".into()));
-    }
-    let user = caller.user.clone();
-    if id_field != "user_id" {
-        fill(&mut payload, "user_id", || user);
-    }
-    let id = fill(&mut payload, id_field, || {
-        Some(uuid::Uuid::now_v7().to_string())
-    });
-    let mut extra = vec![("status", Value::from("accepted"))];
-    if let Some(id) = id {
-        extra.push((
-            if id_field == "trade_id" {
-                "trade_id"
-            } else {
-                "user_id"
-            },
-            Value::from(id),
-        ));
+    let (raw, _) = read_body(edge, headers, body, false).await?;
+    // `user_id` defaults to the verified user only (a key's fixed or vouched-for user).
+    let user = caller.user.clone().filter(|_| caller.verified_user);
+    let mut extra = Map::new();
+    let env = build_event(edge, s, &raw.bytes, BodyKind::Payload, ctx, &caller, |m| {
+        if id_field != "user_id" {
+            fill(m, "user_id", user);
+        }
+        let generated = fill(m, id_field, Some(uuid::Uuid::now_v7().to_string()));
+        if let Some(id) = generated {
+            extra.insert(id_field.to_string(), Value::String(id));
+        }
+    })?;
+    // Echo the id the event carries (given or generated).
+    let payload: Map<String, Value> = rmp_serde::from_slice(&env.data).unwrap_or_default();
+    if let Some(v) = payload.get(id_field) {
+        extra.insert(id_field.to_string(), v.clone());
     }
     publish_single(
-        edge,
-        ctx,
-        &caller,
-        route,
-        headers,
-        s,
-        payload,
-        BodyKind::Payload,
-        &raw,
-        &extra,
+        edge, ctx, &caller, route, headers, s, &raw.bytes, env, extra, true,
     )
     .await
 }
 
 /// `POST /api/v1/trading/execute` (seed route): publishes `trading.trade_executed`.
-/// `trade_id` is generated when absent; `user_id` defaults to the caller's user.
+/// `trade_id` is generated when absent; `user_id` defaults to the caller's verified user.
 pub async fn trading_execute(
     State(edge): State<Arc<Edge>>,
     Extension(ctx): Extension<RequestCtx>,
@@ -662,7 +651,7 @@ pub async fn trading_execute(
 }
 
 /// `POST /api/v1/users/register` (seed route): publishes `user.registered`; `user_id` is
-/// generated when absent and returned.
+/// generated when absent and returned (a replay returns the one first stored).
 pub async fn users_register(
     State(edge): State<Arc<Edge>>,
     Extension(ctx): Extension<RequestCtx>,
@@ -704,19 +693,23 @@ mod tests {
 
     #[test]
     fn fill_keeps_given_ids_and_generates_missing_ones() {
-        let mut p = json!({"trade_id": "t1"});
+        let mut m = Map::new();
+        m.insert("trade_id".into(), json!("t1"));
+        assert_eq!(fill(&mut m, "trade_id", Some("x".into())), None);
+        assert_eq!(m["trade_id"], "t1");
+        let mut m = Map::new();
         assert_eq!(
-            fill(&mut p, "trade_id", || Some("x".into())).as_deref(),
-            Some("t1")
-        );
-        let mut p = json!({});
-        assert_eq!(
-            fill(&mut p, "trade_id", || Some("x".into())).as_deref(),
+            fill(&mut m, "trade_id", Some("x".into())).as_deref(),
             Some("x")
         );
-        assert_eq!(p["trade_id"], "x");
-        let mut p = json!({"trade_id": 5});
-        assert_eq!(fill(&mut p, "trade_id", || Some("x".into())), None);
+        assert_eq!(m["trade_id"], "x");
+    }
+
+    #[test]
+    fn client_ids_are_per_producer() {
+        assert_eq!(namespaced_id("a", "1"), namespaced_id("a", "1"));
+        assert_ne!(namespaced_id("a", "1"), namespaced_id("b", "1"));
+        assert_ne!(namespaced_id("a", "1"), namespaced_id("a", "2"));
     }
 
     #[test]

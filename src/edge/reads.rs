@@ -60,7 +60,7 @@ fn path_user(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError>
     if !valid_user_id(&id) {
         return Err(ApiError::bad_request(
             "invalid_path",
-            "user id must be 1-128 visible ASCII characters",
+            "user id must be 1-128 of A-Z a-z 0-9 . _ : @ -",
         ));
     }
     Ok(id)
@@ -90,10 +90,10 @@ pub async fn profile(
     q: QueryMap,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = edge.authenticate(&headers, Class::Read)?;
+    let caller = edge.authenticate(&ctx, &headers, Class::Read).await?;
     let id = path_user(path)?;
     query(q, &[])?;
-    let admitted = edge.limit(&ctx, &caller, &["gamification"]).await?;
+    let admitted = edge.limit(&ctx, &caller, &["gamification"], 1).await?;
     let now = crate::envelope::now_ms();
     let mut cmds = vec![
         ("HGETALL", vec![arg(user::profile_key(&id))]),
@@ -153,7 +153,7 @@ pub async fn leaderboard(
     q: QueryMap,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = edge.authenticate(&headers, Class::Read)?;
+    let caller = edge.authenticate(&ctx, &headers, Class::Read).await?;
     let Path(name) =
         path.map_err(|e| ApiError::bad_request("invalid_path", format!("bad board: {e}")))?;
     let Some(board) = Board::parse(&name) else {
@@ -180,7 +180,7 @@ pub async fn leaderboard(
             .with("parameter", "period"));
         }
     };
-    let admitted = edge.limit(&ctx, &caller, &["gamification"]).await?;
+    let admitted = edge.limit(&ctx, &caller, &["gamification"], 1).await?;
     let key = gm::board_key(board.as_str(), &period);
     let r = round(
         &edge,
@@ -231,7 +231,7 @@ pub async fn feed(
     q: QueryMap,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = edge.authenticate(&headers, Class::Read)?;
+    let caller = edge.authenticate(&ctx, &headers, Class::Read).await?;
     let q = query(q, &["user", "limit"])?;
     let limit = limit_param(&q, 20, 200)?;
     let key = match q.get("user") {
@@ -240,12 +240,12 @@ pub async fn feed(
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_query",
-                "user must be 1-128 visible ASCII characters",
+                "user must be 1-128 of A-Z a-z 0-9 . _ : @ -",
             )
             .with("parameter", "user"));
         }
     };
-    let admitted = edge.limit(&ctx, &caller, &["social"]).await?;
+    let admitted = edge.limit(&ctx, &caller, &["social"], 1).await?;
     let r = round(
         &edge,
         vec![("LRANGE", vec![arg(key), arg(0), arg(limit as i64 - 1)])],

@@ -194,8 +194,19 @@ pub fn http_full(
 // ---------------------------------------------------------------------------------------
 
 pub async fn publish(redis: &Redis, stream: &str, cid: Option<&str>, payload: Value) -> String {
-    let (domain, event, v) = astra_bus::config::parse_stream_name(stream).unwrap();
     astra_bus::events::validate_json(stream, &payload).unwrap();
+    publish_unchecked(redis, stream, cid, payload).await
+}
+
+/// [`publish`] without the edge's contract check, as a producer writing straight into Redis
+/// would (consumers tolerate fields they do not know).
+pub async fn publish_unchecked(
+    redis: &Redis,
+    stream: &str,
+    cid: Option<&str>,
+    payload: Value,
+) -> String {
+    let (domain, event, v) = astra_bus::config::parse_stream_name(stream).unwrap();
     let env = Envelope::root(
         &format!("{domain}.{event}"),
         v,

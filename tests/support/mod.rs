@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod edge;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -227,6 +228,27 @@ impl RedisServer {
                 .unwrap_or(0.0)
         };
         get("used_cpu_user") + get("used_cpu_sys")
+    }
+
+    /// `INFO commandstats`: per command, (calls, microseconds of Redis CPU). Commands run
+    /// inside a script or function are counted under their own names too.
+    pub fn command_stats(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        let info = self.cli(&["INFO", "commandstats"]);
+        let mut out = std::collections::BTreeMap::new();
+        for l in info.lines() {
+            let Some((name, rest)) = l.strip_prefix("cmdstat_").and_then(|l| l.split_once(':'))
+            else {
+                continue;
+            };
+            let field = |k: &str| {
+                rest.split(',')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            out.insert(name.to_string(), (field("calls"), field("usec")));
+        }
+        out
     }
 
     /// Kills every connection Redis has open for `user` (`CLIENT KILL USER`); returns how

@@ -58,10 +58,11 @@ fn dead_json(dlq_stream: &str, d: &DeadEntry) -> Value {
 /// (default 50, up to 500), of one group or of all.
 pub(super) async fn dead_letters(
     State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+    edge.authenticate_ops(&ctx, &headers).await?;
     let q = query(q, &["group", "count"])?;
     let g = q.get("group").map(|n| group(&edge, n)).transpose()?;
     let count = match q.get("count") {
@@ -109,8 +110,8 @@ struct Who {
 }
 
 /// Checks the ops scope and says who the caller is.
-fn who(edge: &Edge, headers: &HeaderMap, ctx: &RequestCtx) -> Result<Who, ApiError> {
-    edge.authenticate_ops(headers)?;
+async fn who(edge: &Edge, headers: &HeaderMap, ctx: &RequestCtx) -> Result<Who, ApiError> {
+    edge.authenticate_ops(ctx, headers).await?;
     let caller = crate::edge::auth::authenticate(&edge.config.edge, &edge.keys, headers).ok();
     Ok(Who {
         key: caller
@@ -212,7 +213,7 @@ pub(super) async fn replay(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let who = who(&edge, &headers, &ctx)?;
+    let who = who(&edge, &headers, &ctx).await?;
     let r = replay_inner(&edge, &headers, body).await;
     match &r {
         Ok((g, ids, done, missing)) => audit(
@@ -321,7 +322,7 @@ pub(super) async fn purge(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let who = who(&edge, &headers, &ctx)?;
+    let who = who(&edge, &headers, &ctx).await?;
     let req: PurgeRequest = match read_body(&headers, body, "{\"group\": G, \"confirm\": G}").await
     {
         Ok(r) => r,

@@ -76,7 +76,7 @@ pub fn openapi_paths() -> serde_json::Map<String, Value> {
     }}));
     m.insert("/console/api/trace".into(), json!({"get": op(
         "The causation tree of a correlation id, as `astra-bus trace` prints it, with payloads and producing groups",
-        json!([{"name": "cid", "in": "query", "required": true, "schema": {"type": "string", "maxLength": 128}}]),
+        json!([{"name": "cid", "in": "query", "required": true, "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$"}}]),
         auth(resp(vec![("200", ok("Trace")), ("400", err("Missing or malformed cid")), ("404", err("No events with that cid in the window")), ("503", err("Redis unavailable"))])),
     )}));
     m

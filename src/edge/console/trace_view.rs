@@ -3,13 +3,14 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::{
-    Edge, MAX_TRACE_NODES, QueryMap, TRACE_SINCE, TRACE_WINDOW, event_json, payload_json, query,
+    Edge, MAX_TRACE_NODES, QueryMap, RequestCtx, TRACE_SINCE, TRACE_WINDOW, event_json,
+    payload_json, query,
 };
 use crate::bus::trace::{self, TraceNode};
 use crate::edge::error::{ApiError, json as json_response};
@@ -68,10 +69,11 @@ pub fn flatten(nodes: &[TraceNode]) -> Vec<(usize, &TraceNode)> {
 /// `astra-bus trace C` prints (and its text), with payloads and producing groups.
 pub(super) async fn trace_view(
     State(edge): State<Arc<Edge>>,
+    Extension(ctx): Extension<RequestCtx>,
     headers: HeaderMap,
     q: QueryMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&headers)?;
+    edge.authenticate_ops(&ctx, &headers).await?;
     let q = query(q, &["cid"])?;
     let Some(cid) = q
         .get("cid")
