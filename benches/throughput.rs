@@ -167,7 +167,7 @@ fn where_time_went(
         })
         .filter(|(_, c, _)| *c > 0)
         .collect();
-    rows.sort_by(|a, b| b.2.cmp(&a.2));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.2));
     rows.iter()
         .map(|(k, c, u)| {
             format!(
