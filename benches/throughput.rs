@@ -180,6 +180,17 @@ fn where_time_went(
         .join(", ")
 }
 
+/// CPU seconds (user + system) the process `pid` has used so far.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// Preloads `n` events, starts the daemon binary, times the drain.
 async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f64, f64) {
     let redis = Redis::connect(&server.url(), Duration::from_secs(5))
@@ -210,8 +221,10 @@ async fn daemon_drain(server: &RedisServer, n: usize, handler: &str) -> (f64, f6
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = server.cpu_seconds() - cpu0;
+    let daemon_cpu = process_cpu_seconds(d.child.id());
     println!(
-        "  {handler}: redis time per event by command: {}",
+        "  {handler}: daemon cpu {:.2} µs/event; redis time per event by command: {}",
+        daemon_cpu * 1e6 / n as f64,
         where_time_went(&stats0, &server.command_stats(), n)
     );
     rss = rss.max(peak_rss_mb(d.child.id()));

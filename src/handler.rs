@@ -320,6 +320,33 @@ impl Op {
             .map(|(_, t)| *t)
             .unwrap_or(KeyType::Any)
     }
+    /// True for the commands that only read (HGET, ZSCORE, …): they change nothing.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self.cmd,
+            "HGET"
+                | "HMGET"
+                | "HGETALL"
+                | "HEXISTS"
+                | "ZSCORE"
+                | "ZRANK"
+                | "ZREVRANK"
+                | "ZRANGE"
+                | "ZREVRANGE"
+                | "ZRANGEBYSCORE"
+                | "ZCARD"
+                | "ZCOUNT"
+                | "SISMEMBER"
+                | "SCARD"
+                | "SMEMBERS"
+                | "GET"
+                | "PFCOUNT"
+                | "LRANGE"
+                | "LLEN"
+                | "EXISTS"
+        )
+    }
+
     /// Every key this op touches.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.key.as_str()).chain(self.key2.as_deref())

@@ -238,19 +238,39 @@ async fn publish_status_tail_and_dead_letter_replay() {
         1,
         "nothing re-published where the sibling groups read"
     );
-    let copies = read_raw(&redis, "astra:replay:user.profile_updates").await;
-    assert_eq!(copies.len(), 1);
+    // The group's replay stream gets a reference to the dead letter (the group reads the
+    // dead letter itself: the same event id and fields).
+    let refs = read_raw(&redis, "astra:replay:user.profile_updates").await;
+    assert_eq!(refs.len(), 1);
     let field = |k: &str| {
-        copies[0]
+        refs[0]
             .iter()
             .find(|(f, _)| f == k)
             .map(|(_, v)| v.clone())
             .unwrap_or_default()
     };
-    assert_eq!(field("id"), event_id, "the same event id");
-    assert_eq!(field("cid"), "req-42");
-    assert_eq!(field("dlq_stream"), "astra.user.registered.v1");
-    assert_eq!(xlen(&redis, "astra.bus.dead_letter.v1").await, 0);
+    assert_eq!(field("dlq_stream"), "astra.bus.dead_letter.v1");
+    let dead = read_raw(&redis, "astra.bus.dead_letter.v1").await;
+    let dead_field = |k: &str| {
+        dead[0]
+            .iter()
+            .find(|(f, _)| f == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(dead_field("id"), event_id, "the same event id");
+    assert_eq!(dead_field("cid"), "req-42");
+    assert!(replay.contains(&event_id), "{replay}");
+    let listed = stdout(&run(&["dlq", "list", "--config", cfg], &url));
+    assert!(
+        listed.contains("0 dead letters"),
+        "replayed: no longer listed: {listed}"
+    );
+    assert_eq!(
+        xlen(&redis, "astra.bus.dead_letter.v1").await,
+        1,
+        "the dead-letter stream is append-only"
+    );
     let status = stdout(&run(&["status", "--config", cfg], &url));
     assert!(
         !status

@@ -1,15 +1,26 @@
 //! Operating on dead letters: list, replay, purge.
 //!
 //! A dead letter belongs to the one group that dead-lettered it. Replaying it hands it back
-//! to that group alone: the entry goes, with its original event id and fields, onto the
-//! group's replay stream ([`replay_stream`]), which only that group reads. Its siblings,
-//! which applied the event when it first came, never see it again, and the group resumes a
-//! partly applied event from its recorded progress instead of applying it from the start
-//! (de-duplication is by group and event id). Nothing is re-published on the shared stream.
+//! to that group alone: a reference to it (`dlq_stream`, `dlq_id`) goes onto the group's
+//! replay stream ([`replay_stream`]), which only that group reads; the group fetches the
+//! dead letter itself and processes its original event (same event id, same fields). Its
+//! siblings, which applied the event when it first came, never see it again, and the group
+//! resumes a partly applied event from its recorded progress instead of applying it from
+//! the start (de-duplication is by group and event id). Nothing is re-published on the
+//! shared stream, and since the replay stream carries only references, whoever may write
+//! it can replay existing dead letters but cannot inject events.
+//!
+//! The dead-letter stream itself is append-only (no user needs XDEL on a stream it appends
+//! to): replayed and purged dead letters are marked in [`RESOLVED`] and no longer listed;
+//! the stream's own retention trims them.
 
-use super::client::{BusError, RawEntry, Redis, Value, arg, as_int, as_string, parse_entries};
+use super::client::{BusError, Fields, RawEntry, Redis, arg, as_array, as_string, parse_entries};
 use super::consume::replay_stream;
 use super::deadletter::{DEAD_LETTER_COUNTS, unpack_dead_letter};
+
+/// Dead letters that were replayed or purged (field: dead-letter id, value: `replayed
+/// <ms>` or `purged <ms>`), so they are no longer listed.
+pub const RESOLVED: &str = "astra:dlq:resolved";
 
 /// A dead letter as stored.
 #[derive(Debug, Clone)]
@@ -74,7 +85,11 @@ pub async fn list(
         let page = parse_entries(v);
         let n = page.len();
         let last = page.last().map(|e| e.id.clone());
-        for e in page {
+        let resolved = resolved_of(redis, &page).await?;
+        for (e, gone) in page.into_iter().zip(resolved) {
+            if gone {
+                continue;
+            }
             let d = DeadEntry::from_raw(e);
             if group.is_none_or(|g| d.get("group") == Some(g)) {
                 out.push(d);
@@ -90,17 +105,55 @@ pub async fn list(
     }
 }
 
-async fn forget(redis: &Redis, dlq_stream: &str, d: &DeadEntry) -> Result<bool, BusError> {
-    let removed = redis
-        .cmd("XDEL", vec![arg(dlq_stream), arg(d.dlq_id.as_str())])
+/// Which of `page` are resolved already (one HMGET).
+async fn resolved_of(redis: &Redis, page: &[RawEntry]) -> Result<Vec<bool>, BusError> {
+    if page.is_empty() {
+        return Ok(vec![]);
+    }
+    let mut a = vec![arg(RESOLVED)];
+    a.extend(page.iter().map(|e| arg(e.id.as_str())));
+    let v = redis.cmd("HMGET", a).await?;
+    Ok(as_array(v)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| as_string(r).is_some())
+        .collect())
+}
+
+/// Marks `d` resolved (`how`: replayed, purged) and lowers its group's count; false when it
+/// was resolved already.
+async fn resolve(redis: &Redis, d: &DeadEntry, how: &str) -> Result<bool, BusError> {
+    let now = crate::envelope::now_ms();
+    let v = redis
+        .cmd(
+            "HSETNX",
+            vec![
+                arg(RESOLVED),
+                arg(d.dlq_id.as_str()),
+                arg(format!("{how} {now}")),
+            ],
+        )
         .await?;
-    let removed = as_int(&removed) == Some(1);
-    if removed && let Some(g) = d.get("group") {
+    let fresh = super::client::as_int(&v) == Some(1);
+    if fresh && let Some(g) = d.get("group") {
         redis
             .cmd("HINCRBY", vec![arg(DEAD_LETTER_COUNTS), arg(g), arg(-1)])
             .await?;
     }
-    Ok(removed)
+    Ok(fresh)
+}
+
+/// The dead letter a replay reference points to: (its id, its fields), or `None` when it
+/// is gone (trimmed by the dead-letter stream's retention).
+pub async fn fetch(
+    redis: &Redis,
+    dlq_stream: &str,
+    dlq_id: &str,
+) -> Result<Option<Fields>, BusError> {
+    let v = redis
+        .cmd("XRANGE", vec![arg(dlq_stream), arg(dlq_id), arg(dlq_id)])
+        .await?;
+    Ok(parse_entries(v).into_iter().next().and_then(|e| e.fields))
 }
 
 /// Where a replayed dead letter went.
@@ -117,9 +170,9 @@ pub struct Replayed {
 }
 
 /// Hands a dead letter back to the group that dead-lettered it (see the module docs) and
-/// removes it from the dead-letter stream. The copy is stored before the dead letter is
-/// removed: a crash in between leaves both, and replaying again is harmless (the second
-/// copy carries the same event id, which the group then skips or resumes).
+/// marks it resolved. The reference is stored first: a crash in between leaves the dead
+/// letter listed, and replaying it again is harmless (the group finds the same event id,
+/// which it then skips or resumes).
 pub async fn replay(redis: &Redis, dlq_stream: &str, d: &DeadEntry) -> Result<Replayed, BusError> {
     let missing = |what: &str| {
         BusError::protocol(
@@ -133,43 +186,21 @@ pub async fn replay(redis: &Redis, dlq_stream: &str, d: &DeadEntry) -> Result<Re
         .ok_or_else(|| missing("stream"))?
         .to_string();
     let target = replay_stream(&group);
-    let mut args = vec![arg(target.as_str()), arg("*")];
-    let meta = [
-        ("dlq_group", group.as_str()),
-        ("dlq_stream", stream.as_str()),
-        ("dlq_entry_id", d.get("entry_id").unwrap_or("")),
-        ("dlq_id", d.dlq_id.as_str()),
-        ("dlq_reason", d.get("reason").unwrap_or("")),
-    ];
-    for (k, v) in meta {
-        args.push(arg(k));
-        args.push(arg(v));
-    }
-    if d.original.len() > super::deadletter::MAX_PLAIN_FIELDS {
-        let pairs: Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)> = d
-            .original
-            .iter()
-            .map(|(k, v)| {
-                (
-                    serde_bytes::ByteBuf::from(k.clone()),
-                    serde_bytes::ByteBuf::from(v.clone()),
-                )
-            })
-            .collect();
-        args.push(arg("dlq_fields"));
-        args.push(Value::Bytes(
-            rmp_serde::to_vec(&pairs)
-                .expect("msgpack of byte pairs")
-                .into(),
-        ));
-    } else {
-        for (k, v) in &d.original {
-            args.push(Value::Bytes(k.clone().into()));
-            args.push(Value::Bytes(v.clone().into()));
-        }
-    }
-    let entry_id = as_string(&redis.cmd("XADD", args).await?).unwrap_or_default();
-    forget(redis, dlq_stream, d).await?;
+    let v = redis
+        .cmd(
+            "XADD",
+            vec![
+                arg(target.as_str()),
+                arg("*"),
+                arg("dlq_stream"),
+                arg(dlq_stream),
+                arg("dlq_id"),
+                arg(d.dlq_id.as_str()),
+            ],
+        )
+        .await?;
+    let entry_id = as_string(&v).unwrap_or_default();
+    resolve(redis, d, "replayed").await?;
     Ok(Replayed {
         group,
         stream,
@@ -178,9 +209,9 @@ pub async fn replay(redis: &Redis, dlq_stream: &str, d: &DeadEntry) -> Result<Re
     })
 }
 
-/// Deletes dead letters (of `group`, or all); returns how many. The progress a partly
-/// applied event recorded stays: a later copy of that event resumes rather than applies
-/// again.
+/// Purges dead letters (of `group`, or all): they are no longer listed or replayable;
+/// returns how many. The progress a partly applied event recorded stays: a later copy of
+/// that event resumes rather than applies again.
 pub async fn purge(
     redis: &Redis,
     dlq_stream: &str,
@@ -189,7 +220,7 @@ pub async fn purge(
     let all = list(redis, dlq_stream, group, usize::MAX).await?;
     let mut n = 0;
     for d in &all {
-        if forget(redis, dlq_stream, d).await? {
+        if resolve(redis, d, "purged").await? {
             n += 1;
         }
     }

@@ -63,6 +63,12 @@ pub fn exposure_key(user: &str) -> String {
     format!("astra:trading:exposure:{user}")
 }
 
+/// The running sum (cents) of the notionals in [`exposure_key`] of one user:
+/// `astra:trading:exposure_sum:<user>`, a string moved by INCRBY only.
+pub fn exposure_sum_key(user: &str) -> String {
+    format!("astra:trading:exposure_sum:{user}")
+}
+
 /// Member of [`exposure_key`] for one trade: `<notional cents>:<trade_id>`.
 pub fn exposure_member(notional_cents: i64, trade_id: &str) -> String {
     format!("{notional_cents}:{trade_id}")

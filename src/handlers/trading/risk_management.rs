@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{ValidTrade, exposure_key, exposure_member};
+use super::{ValidTrade, exposure_key, exposure_member, exposure_sum_key};
 use crate::events::{RiskAlert, streams};
 use crate::group::GroupConfig;
 use crate::handler::{Emit, Event, Handler, HandlerError, Op, Reply, Step};
@@ -16,28 +16,29 @@ use crate::handlers::typed::{Reject, TypedHandler};
 ///
 /// Reads `astra.trading.trade_executed.v1`. Exposure = the sum of the notionals (cents) of
 /// the user's trades whose `ts` lies in the window `(T − window, T]`, where `T` is the
-/// newest trade `ts` of the user seen so far (for trades that arrive in order, `T` is this
-/// trade's own `ts`: "the last `window` up to and including this trade").
+/// newest trade `ts` of the user handled so far (for trades that arrive in order, `T` is
+/// this trade's own `ts`: "the last `window` up to and including this trade").
 ///
-/// One atomic round on [`exposure_key`]`(user)` (sorted set scored by `ts`, member
-/// `<cents>:<trade_id>`): `ZADD ts member`; `ZREMRANGEBYSCORE -inf (ts − window)` (prunes
-/// trades that no window from this `ts` on can contain); `ZRANGEBYSCORE (ts − window) +inf
-/// WITHSCORES` (everything that can still count); `EXPIRE window + 1 day` (an idle user's
-/// window disappears). From that one snapshot the handler computes `T` (the greatest
-/// score), the exposure after this trade, and the exposure just before it (the same sum
-/// without this trade's notional; a trade already in the set, `ZADD` reply 0, adds
-/// nothing; a late trade older than `T − window` adds nothing either).
+/// State: [`exposure_key`]`(user)` (sorted set scored by `ts`, member
+/// `<cents>:<trade_id>`) and its running sum [`exposure_sum_key`]`(user)`, so a trade
+/// costs the same whatever the user's history (the window is never read whole). Three
+/// rounds, each atomic:
+/// 1. `ZADD ts member` (0: the trade was seen before, it adds nothing);
+///    `ZRANGEBYSCORE -inf (ts − window) WITHSCORES` + `ZREMRANGEBYSCORE` of the same range
+///    (the trades leaving the window, removed once: whichever handler removes one
+///    subtracts it); `ZREVRANGE 0 0 WITHSCORES` (the newest trade, `T`); `EXPIRE`.
+/// 2. `INCRBY sum (own − left)`, where `own` is this trade's notional unless it was seen
+///    before or is older than `T − window` (a late trade outside the current window: it
+///    is removed again with `ZREM` and counts nothing); `EXPIRE`.
+/// 3. The decision, from INCRBY's atomic reply: `after` = the reply, `before` = `after −
+///    (own − left)`.
 ///
 /// Alert rule: emit `astra.trading.risk_alert.v1` ([`RiskAlert`]) iff
-/// `before ≤ limit < after`. So the alert fires once per crossing: a user who stays above
-/// the limit gets none (their "before" is already above); once old trades have left the
-/// window and the exposure is back at or below the limit, the next trade that pushes it
-/// above alerts again. Because the whole decision comes from one atomic snapshot that
-/// includes this trade, two consumers handling two trades of one user concurrently are
-/// linearised by Redis: the second one's "before" already contains the first trade, so
-/// they cannot both report the same crossing. A late (out-of-order) trade is judged
-/// against the user's current window ending at `T`, so it can neither re-alert a user who
-/// is already above nor alert about a moment that has already passed.
+/// `before ≤ limit < after`: once per upward crossing of the exposure as it moves trade by
+/// trade. A user who stays above gets none; once trades have left the window and the
+/// exposure is back at or below the limit, the next trade that pushes it above alerts
+/// again. Because each trade's change is one INCRBY, two consumers handling two trades of
+/// one user concurrently are linearised by Redis: they cannot both report one crossing.
 ///
 /// Options: `limit_usd` (integer USD, default 100000; alert when exposure is strictly
 /// above), `window` (humantime, default `"1h"`, 1ms to 366 days).
@@ -69,6 +70,30 @@ impl RiskManagement {
             ttl_secs: window.as_secs() as i64 + 1 + 86_400,
         }))
     }
+
+    /// What round 1 tells: (this trade's own contribution, the notionals that left).
+    fn change(
+        &self,
+        v: &ValidTrade,
+        ts: i64,
+        key: &str,
+        r: &[Reply],
+    ) -> Result<(i64, i64, bool), HandlerError> {
+        let added = int_reply(&r[0], "ZADD")? == 1;
+        let left: i64 = parse_window(&r[1], key)?
+            .iter()
+            .fold(0i64, |acc, (_, c)| acc.saturating_add(*c));
+        let newest = parse_window(&r[3], key)?
+            .iter()
+            .map(|(s, _)| *s)
+            .max()
+            .unwrap_or(ts)
+            .max(ts);
+        let start = newest.saturating_sub(self.window_ms);
+        let inside = ts > start;
+        let own = if added && inside { v.notional_cents } else { 0 };
+        Ok((own, left, added && !inside))
+    }
 }
 
 impl TypedHandler for RiskManagement {
@@ -85,54 +110,65 @@ impl TypedHandler for RiskManagement {
         let t = &v.trade;
         let ts = ev.env.ts;
         let key = exposure_key(&t.user_id);
+        let sum = exposure_sum_key(&t.user_id);
         let member = exposure_member(v.notional_cents, &t.trade_id);
         let cutoff = ts.saturating_sub(self.window_ms);
-        if rounds.is_empty() {
-            return Ok(Step::More(vec![
+        match rounds.len() {
+            0 => Ok(Step::More(vec![
                 Op::zadd(&key, ts, &member),
-                Op::zremrangebyscore(&key, "-inf", cutoff),
                 Op::new(
                     "ZRANGEBYSCORE",
                     &key,
                     vec![
-                        format!("({cutoff}").into_bytes(),
-                        b"+inf".to_vec(),
+                        b"-inf".to_vec(),
+                        cutoff.to_string().into_bytes(),
                         b"WITHSCORES".to_vec(),
                     ],
                 ),
+                Op::zremrangebyscore(&key, "-inf", cutoff),
+                Op::zrevrange_withscores(&key, 0, 0),
                 Op::expire(&key, self.ttl_secs),
-            ]));
+            ])),
+            1 => {
+                let r = round(rounds, 0, 5)?;
+                let (own, left, late) = self.change(&v, ts, &key, r)?;
+                let mut ops = vec![
+                    Op::incrby(&sum, own - left),
+                    Op::expire(&sum, self.ttl_secs),
+                ];
+                if late {
+                    ops.push(Op::new("ZREM", &key, vec![member.into_bytes()]));
+                }
+                Ok(Step::More(ops))
+            }
+            _ => {
+                let r0 = round(rounds, 0, 5)?;
+                let (own, left, _) = self.change(&v, ts, &key, r0)?;
+                let r1 = rounds
+                    .get(1)
+                    .ok_or_else(|| poison("round 1: replies missing"))?;
+                let after = int_reply(
+                    r1.first()
+                        .ok_or_else(|| poison("round 1: no INCRBY reply"))?,
+                    "INCRBY",
+                )?;
+                let before = after - (own - left);
+                let mut emit = vec![];
+                if before <= self.limit_cents && after > self.limit_cents {
+                    emit.push(Emit::new(
+                        streams::RISK_ALERT,
+                        &RiskAlert {
+                            user_id: t.user_id.clone(),
+                            exposure_cents: after,
+                            limit_cents: self.limit_cents,
+                            window_secs: self.window_secs,
+                            trade_id: t.trade_id.clone(),
+                        },
+                    ));
+                }
+                Ok(Step::Done { ops: vec![], emit })
+            }
         }
-        let r = round(rounds, 0, 4)?;
-        let added = int_reply(&r[0], "ZADD")? == 1;
-        let entries = parse_window(&r[2], &key)?;
-        // Newest ts of the user; our own trade is in the snapshot, so T ≥ ts.
-        let newest = entries.iter().map(|(s, _)| *s).max().unwrap_or(ts).max(ts);
-        let start = newest.saturating_sub(self.window_ms);
-        let after: i64 = entries
-            .iter()
-            .filter(|(s, _)| *s > start)
-            .fold(0i64, |acc, (_, c)| acc.saturating_add(*c));
-        let own = if added && ts > start {
-            v.notional_cents
-        } else {
-            0
-        };
-        let before = after - own;
-        let mut emit = vec![];
-        if before <= self.limit_cents && after > self.limit_cents {
-            emit.push(Emit::new(
-                streams::RISK_ALERT,
-                &RiskAlert {
-                    user_id: t.user_id.clone(),
-                    exposure_cents: after,
-                    limit_cents: self.limit_cents,
-                    window_secs: self.window_secs,
-                    trade_id: t.trade_id.clone(),
-                },
-            ));
-        }
-        Ok(Step::Done { ops: vec![], emit })
     }
 }
 
@@ -174,31 +210,53 @@ mod tests {
     use crate::handlers::testing::{decode, event_at, group, int, text};
     use crate::handlers::trading::fixtures::*;
 
-    // ----- risk_management -----
-
-    /// Window reply: (member, score) pairs as Redis returns them (scores as strings).
-    fn window(entries: &[(i64, &str, i64)]) -> Reply {
+    /// (member, score) pairs as Redis returns them (scores as strings).
+    fn entries(es: &[(i64, &str, i64)]) -> Reply {
         let mut v = vec![];
-        for (cents, id, ts) in entries {
+        for (cents, id, ts) in es {
             v.push(text(&exposure_member(*cents, id)));
             v.push(text(&ts.to_string()));
         }
         Reply::Array(v)
     }
 
-    fn risk_step(h: &Arc<dyn Handler>, e: &Event, added: i64, w: Reply) -> Vec<RiskAlert> {
-        let (ops, emit) = done(h.step(e, &[vec![int(added), int(0), w, int(1)]]).unwrap());
-        assert!(ops.is_empty());
-        emit.iter()
+    /// Round 0's replies: ZADD, the trades that left, ZREMRANGEBYSCORE, the newest, EXPIRE.
+    fn r0(added: i64, left: &[(i64, &str, i64)], newest: (i64, &str, i64)) -> Vec<Reply> {
+        vec![
+            int(added),
+            entries(left),
+            int(left.len() as i64),
+            entries(&[newest]),
+            int(1),
+        ]
+    }
+
+    /// Runs rounds 1 and 2 with `sum_after` as INCRBY's reply: (round 1 ops, alerts).
+    fn run(
+        h: &Arc<dyn Handler>,
+        e: &Event,
+        round0: Vec<Reply>,
+        sum_after: i64,
+    ) -> (Vec<Op>, Vec<RiskAlert>) {
+        let ops = more(h.step(e, &[round0.clone()]).unwrap());
+        let (done_ops, emit) = done(h.step(e, &[round0, vec![int(sum_after), int(1)]]).unwrap());
+        assert!(done_ops.is_empty());
+        let alerts = emit
+            .iter()
             .map(|x| {
                 assert_eq!(x.stream, streams::RISK_ALERT);
                 decode(x)
             })
-            .collect()
+            .collect();
+        (ops, alerts)
+    }
+
+    fn tr(id: &str, usd: f64, ts: i64) -> Event {
+        event_at(streams::TRADE_EXECUTED, &trade(id, Side::Buy, 1.0, usd), ts)
     }
 
     #[test]
-    fn risk_asks_to_add_prune_and_read_in_one_round() {
+    fn the_first_round_adds_prunes_and_finds_the_newest_without_reading_the_window() {
         let h = risk("").unwrap();
         // 2 × 25,000.50 = 50,001.00 USD
         let e = event_at(
@@ -207,38 +265,53 @@ mod tests {
             T0,
         );
         let ops = more(h.step(&e, &[]).unwrap());
-        assert_eq!(ops.len(), 4);
         let key = "astra:trading:exposure:u1";
         assert!(ops.iter().all(|o| o.key() == key));
-        assert_eq!(ops[0].cmd(), "ZADD");
+        let cmds: Vec<&str> = ops.iter().map(|o| o.cmd()).collect();
+        assert_eq!(
+            cmds,
+            [
+                "ZADD",
+                "ZRANGEBYSCORE",
+                "ZREMRANGEBYSCORE",
+                "ZREVRANGE",
+                "EXPIRE"
+            ]
+        );
         assert_eq!(args(&ops[0]), ["1795262400000", "5000100:t1"]);
-        assert_eq!(ops[1].cmd(), "ZREMRANGEBYSCORE");
-        assert_eq!(args(&ops[1]), ["-inf", "1795258800000"]);
-        assert_eq!(ops[2].cmd(), "ZRANGEBYSCORE");
-        assert_eq!(args(&ops[2]), ["(1795258800000", "+inf", "WITHSCORES"]);
-        assert_eq!(ops[3].cmd(), "EXPIRE");
-        assert_eq!(args(&ops[3]), ["90001"]);
+        assert_eq!(args(&ops[1]), ["-inf", "1795258800000", "WITHSCORES"]);
+        assert_eq!(args(&ops[2]), ["-inf", "1795258800000"]);
+        assert_eq!(args(&ops[3]), ["0", "0", "WITHSCORES"]);
+        assert_eq!(args(&ops[4]), ["90001"]);
+    }
+
+    #[test]
+    fn the_running_sum_moves_by_own_minus_what_left() {
+        let h = risk("").unwrap();
+        let e = tr("t2", 60_000.0, T0);
+        let round0 = r0(
+            1,
+            &[(1_000_000, "t0", T0 - HOUR - 5)],
+            (6_000_000, "t2", T0),
+        );
+        let (ops, _) = run(&h, &e, round0, 0);
+        assert_eq!(ops[0].cmd(), "INCRBY");
+        assert_eq!(ops[0].key(), "astra:trading:exposure_sum:u1");
+        assert_eq!(args(&ops[0]), ["5000000"]);
+        assert_eq!(ops[1].cmd(), "EXPIRE");
+        assert_eq!(ops.len(), 2);
     }
 
     #[test]
     fn risk_alerts_only_strictly_above_the_limit() {
         let h = risk("").unwrap();
         // Exactly at the limit: 40,000 + 60,000 = 100,000 USD → no alert.
-        let e = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t2", Side::Buy, 1.0, 60_000.0),
-            T0,
-        );
-        let w = window(&[(4_000_000, "t1", T0 - 1000), (6_000_000, "t2", T0)]);
-        assert!(risk_step(&h, &e, 1, w).is_empty());
+        let e = tr("t2", 60_000.0, T0);
+        let (_, a) = run(&h, &e, r0(1, &[], (6_000_000, "t2", T0)), 10_000_000);
+        assert!(a.is_empty());
         // One cent more crosses.
-        let e = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t2", Side::Buy, 1.0, 60_000.01),
-            T0,
-        );
-        let w = window(&[(4_000_000, "t1", T0 - 1000), (6_000_001, "t2", T0)]);
-        let a = risk_step(&h, &e, 1, w);
+        let e = tr("t2", 60_000.01, T0);
+        let (_, a) = run(&h, &e, r0(1, &[], (6_000_001, "t2", T0)), 10_000_001);
         assert_eq!(
             a,
             vec![RiskAlert {
@@ -254,197 +327,115 @@ mod tests {
     #[test]
     fn risk_alerts_once_per_crossing() {
         let h = risk("").unwrap();
-        // t1 crosses (60k + 50k), t2 follows while still above: only t1 alerts.
-        let e1 = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t1", Side::Buy, 1.0, 50_000.0),
-            T0,
+        // 60k, then t1 (+50k) crosses, t2 (+1k) follows while still above: only t1 alerts.
+        let e1 = tr("t1", 50_000.0, T0);
+        assert_eq!(
+            run(&h, &e1, r0(1, &[], (5_000_000, "t1", T0)), 11_000_000)
+                .1
+                .len(),
+            1
         );
-        let w1 = window(&[(6_000_000, "t0", T0 - 10), (5_000_000, "t1", T0)]);
-        assert_eq!(risk_step(&h, &e1, 1, w1).len(), 1);
-        let e2 = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t2", Side::Buy, 1.0, 1_000.0),
-            T0 + 5,
+        let e2 = tr("t2", 1_000.0, T0 + 5);
+        assert!(
+            run(&h, &e2, r0(1, &[], (100_000, "t2", T0 + 5)), 11_100_000)
+                .1
+                .is_empty()
         );
-        let w2 = window(&[
-            (6_000_000, "t0", T0 - 10),
-            (5_000_000, "t1", T0),
-            (100_000, "t2", T0 + 5),
-        ]);
-        assert!(risk_step(&h, &e2, 1, w2).is_empty());
-        // An hour later t0 and t1 have left; t3 at 99,000 stays at the limit or below...
-        let e3 = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t3", Side::Buy, 1.0, 99_000.0),
-            T0 + HOUR + 5,
+        // An hour later t0 and t1 leave as t3 (99k) comes: the sum drops to 100k + 99k −
+        // 110k = 99k... at or below: nothing.
+        let e3 = tr("t3", 99_000.0, T0 + HOUR + 5);
+        let left = [(6_000_000, "t0", T0 - 10), (5_000_000, "t1", T0)];
+        let (ops, a) = run(
+            &h,
+            &e3,
+            r0(1, &left, (9_900_000, "t3", T0 + HOUR + 5)),
+            10_000_000,
         );
-        let w3 = window(&[(9_900_000, "t3", T0 + HOUR + 5)]);
-        assert!(risk_step(&h, &e3, 1, w3).is_empty());
+        assert_eq!(args(&ops[0]), ["-1100000"]);
+        assert!(a.is_empty());
         // ...and t4 pushes it above again: a new crossing alerts.
-        let e4 = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t4", Side::Buy, 1.0, 2_000.0),
-            T0 + HOUR + 6,
-        );
-        let w4 = window(&[
-            (9_900_000, "t3", T0 + HOUR + 5),
-            (200_000, "t4", T0 + HOUR + 6),
-        ]);
-        let a = risk_step(&h, &e4, 1, w4);
+        let e4 = tr("t4", 2_000.0, T0 + HOUR + 6);
+        let a = run(
+            &h,
+            &e4,
+            r0(1, &[], (200_000, "t4", T0 + HOUR + 6)),
+            10_200_000,
+        )
+        .1;
         assert_eq!(a.len(), 1);
         assert_eq!(
             (a[0].trade_id.as_str(), a[0].exposure_cents),
-            ("t4", 10_100_000)
+            ("t4", 10_200_000)
         );
-    }
-
-    #[test]
-    fn risk_window_edges() {
-        let h = risk("").unwrap();
-        // A trade exactly one window older has left it: (T - 1h, T].
-        let e = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t2", Side::Buy, 1.0, 60_000.0),
-            T0,
-        );
-        let w = window(&[(5_000_000, "t1", T0 - HOUR + 1), (6_000_000, "t2", T0)]);
-        assert_eq!(
-            risk_step(&h, &e, 1, w).len(),
-            1,
-            "1 ms inside the window counts"
-        );
-        // (The range op already excludes score T0 - HOUR, so a reply containing it would be
-        // from a concurrent newer trade; see the out-of-order test.)
-        let w = window(&[(6_000_000, "t2", T0)]);
-        assert!(risk_step(&h, &e, 1, w).is_empty());
-        // A single trade above the limit alerts on its own.
-        let e = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("big", Side::Buy, 2.0, 60_000.0),
-            T0,
-        );
-        let a = risk_step(&h, &e, 1, window(&[(12_000_000, "big", T0)]));
-        assert_eq!(a[0].exposure_cents, 12_000_000);
     }
 
     #[test]
     fn concurrent_trades_of_one_user_cannot_both_alert() {
         let h = risk("").unwrap();
-        // Prior exposure 90k; tA (+20k) and tB (+30k) are handled by two consumers. Redis
-        // applies the two rounds one after the other; whichever runs second sees the other.
-        let ea = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("tA", Side::Buy, 1.0, 20_000.0),
-            T0,
-        );
-        let eb = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("tB", Side::Buy, 1.0, 30_000.0),
-            T0 + 1,
-        );
-        let base = (9_000_000, "t0", T0 - 60_000);
-        // Order A then B.
-        let a1 = risk_step(&h, &ea, 1, window(&[base, (2_000_000, "tA", T0)]));
-        let b1 = risk_step(
-            &h,
-            &eb,
-            1,
-            window(&[base, (2_000_000, "tA", T0), (3_000_000, "tB", T0 + 1)]),
-        );
+        // Prior exposure 90k; tA (+20k) and tB (+30k) are handled by two consumers. Their
+        // INCRBYs are linearised: whichever runs second sees the other's.
+        let ea = tr("tA", 20_000.0, T0);
+        let eb = tr("tB", 30_000.0, T0 + 1);
+        let a1 = run(&h, &ea, r0(1, &[], (2_000_000, "tA", T0)), 11_000_000).1;
+        let b1 = run(&h, &eb, r0(1, &[], (3_000_000, "tB", T0 + 1)), 14_000_000).1;
         assert_eq!((a1.len(), b1.len()), (1, 0));
-        // Order B then A (A is now late relative to B, still within the window).
-        let b2 = risk_step(&h, &eb, 1, window(&[base, (3_000_000, "tB", T0 + 1)]));
-        let a2 = risk_step(
-            &h,
-            &ea,
-            1,
-            window(&[base, (2_000_000, "tA", T0), (3_000_000, "tB", T0 + 1)]),
-        );
+        let b2 = run(&h, &eb, r0(1, &[], (3_000_000, "tB", T0 + 1)), 12_000_000).1;
+        let a2 = run(&h, &ea, r0(1, &[], (3_000_000, "tB", T0 + 1)), 14_000_000).1;
         assert_eq!((a2.len(), b2.len()), (0, 1));
     }
 
     #[test]
-    fn late_trades_are_judged_against_the_current_window() {
+    fn a_late_trade_outside_the_current_window_counts_nothing_and_is_removed() {
         let h = risk("").unwrap();
-        // The user is above (t9 at T0 crossed). A late trade at T0 - 30min whose own
-        // window would have been below must not alert again.
-        let late = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("late", Side::Buy, 1.0, 50_000.0),
-            T0 - HOUR / 2,
-        );
-        let w = window(&[
-            (6_000_000, "t8", T0 - HOUR / 2 - 1),
-            (5_000_000, "late", T0 - HOUR / 2),
-            (5_000_000, "t9", T0),
-        ]);
-        assert!(risk_step(&h, &late, 1, w).is_empty());
-        // A late trade that pushes the current window over alerts, with T as window end:
-        // t8 (T0 - 30min - 1) is still inside (T0 - 1h, T0].
-        let w = window(&[
-            (4_000_000, "t8", T0 - HOUR / 2 - 1),
-            (5_000_000, "late", T0 - HOUR / 2),
-            (5_000_000, "t9", T0),
-        ]);
-        let a = risk_step(&h, &late, 1, w);
+        let old = tr("old", 50_000.0, T0 - 2 * HOUR);
+        let (ops, a) = run(&h, &old, r0(1, &[], (11_000_000, "t9", T0)), 11_000_000);
+        assert_eq!(args(&ops[0]), ["0"], "adds nothing");
+        assert_eq!(ops[2].cmd(), "ZREM");
+        assert_eq!(args(&ops[2]), ["5000000:old"]);
+        assert!(a.is_empty(), "no alert about a moment that has passed");
+        // A late trade still inside T's window counts and may cross.
+        let late = tr("late", 50_000.0, T0 - HOUR / 2);
+        let (ops, a) = run(&h, &late, r0(1, &[], (5_000_000, "t9", T0)), 14_000_000);
+        assert_eq!(args(&ops[0]), ["5000000"]);
+        assert_eq!(ops.len(), 2);
         assert_eq!(a.len(), 1);
-        assert_eq!(a[0].exposure_cents, 14_000_000);
-        // A trade older than the current window adds nothing to it: no alert even though
-        // the current exposure is above.
-        let old = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("old", Side::Buy, 1.0, 50_000.0),
-            T0 - 2 * HOUR,
-        );
-        let w = window(&[(5_000_000, "old", T0 - 2 * HOUR), (11_000_000, "t9", T0)]);
-        assert!(risk_step(&h, &old, 1, w).is_empty());
     }
 
     #[test]
-    fn a_trade_already_in_the_window_adds_nothing() {
+    fn a_trade_seen_before_adds_nothing() {
         let h = risk("").unwrap();
-        let e = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t1", Side::Buy, 1.0, 60_000.0),
-            T0,
-        );
-        let w = window(&[(5_000_000, "t0", T0 - 1), (6_000_000, "t1", T0)]);
-        assert_eq!(risk_step(&h, &e, 1, w.clone()).len(), 1);
+        let e = tr("t1", 60_000.0, T0);
         // ZADD replied 0: the same trade was published twice; no second crossing.
-        assert!(risk_step(&h, &e, 0, w).is_empty());
+        let (ops, a) = run(&h, &e, r0(0, &[], (6_000_000, "t1", T0)), 11_000_000);
+        assert_eq!(args(&ops[0]), ["0"]);
+        assert!(a.is_empty());
     }
 
     #[test]
     fn risk_rejects_malformed_state() {
         let h = risk("").unwrap();
-        let e = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t1", Side::Buy, 1.0, 1.0),
-            T0,
-        );
+        let e = tr("t1", 1.0, T0);
         let bad = Reply::Array(vec![text("nocents"), text("1")]);
-        let m = poison_of(h.step(&e, &[vec![int(1), int(0), bad, int(1)]]));
+        let m = poison_of(h.step(&e, &[vec![int(1), bad, int(0), entries(&[]), int(1)]]));
         assert!(
             m.contains("malformed member \"nocents\" in astra:trading:exposure:u1"),
             "{m}"
         );
         let odd = Reply::Array(vec![text("1:t1")]);
-        assert!(poison_of(h.step(&e, &[vec![int(1), int(0), odd, int(1)]])).contains("odd length"));
+        assert!(
+            poison_of(h.step(&e, &[vec![int(1), odd, int(0), entries(&[]), int(1)]]))
+                .contains("odd length")
+        );
     }
 
     #[test]
     fn risk_options() {
         let h = risk("limit_usd = 500\nwindow = \"10m\"").unwrap();
-        let e = event_at(
-            streams::TRADE_EXECUTED,
-            &trade("t1", Side::Buy, 1.0, 500.01),
-            T0,
-        );
+        let e = tr("t1", 500.01, T0);
         let ops = more(h.step(&e, &[]).unwrap());
-        assert_eq!(args(&ops[1]), ["-inf", (T0 - 600_000).to_string().as_str()]);
-        assert_eq!(args(&ops[3]), ["87001"]);
-        let a = risk_step(&h, &e, 1, window(&[(50_001, "t1", T0)]));
+        assert_eq!(args(&ops[2]), ["-inf", (T0 - 600_000).to_string().as_str()]);
+        assert_eq!(args(&ops[4]), ["87001"]);
+        let a = run(&h, &e, r0(1, &[], (50_001, "t1", T0)), 50_001).1;
         assert_eq!((a[0].limit_cents, a[0].window_secs), (50_000, 600));
         assert!(
             risk("limit_usd = -1")

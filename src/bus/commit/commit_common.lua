@@ -1,13 +1,47 @@
 -- astra-bus commit prelude: what commit.lua and commit_slot.lua share (commit.rs puts it
--- right after each script's shebang). Ops are encoded as [cmd, key index, n_args, args...];
--- a CHAINCAS op's args are [log key index, expected head, new head, log entry].
+-- right after each script's shebang).
+--
+-- Encoding (commit.rs). The small numbers that describe a batch are packed into three
+-- binary strings, read with string.byte, so each costs Redis no argument of its own:
+--   H: one byte, 1 when increments must be checked before the writes (see refusal), then
+--      per event 10 bytes: arguments it takes (3), round, final (0/1), hash chain (0/1),
+--      ops (2), derived events (2);
+--   O: per op 6 bytes: command (1, index into CMDS), key index (3), arguments (2);
+--   E: per derived event 5 bytes: template (2), stream key index (3).
+-- Integers are big-endian. Op arguments and the varying fields of derived events follow in
+-- ARGV, event by event. A CHAINCAS op's arguments are [log key index, expected head, new
+-- head, log entry].
+--
+-- Progress value: 3 header bytes (complete rounds, partial flag, derived events already
+-- added of a partial round), then one MessagePack array of replies per complete round,
+-- plus, when partial, the replies of the ops of the failed round that were applied.
 
-local ALLOWED = {} -- @ALLOWED@
+local CMDS = {} -- @CMDS@
 local TYPES = { h = 'hash', z = 'zset', s = 'set', t = 'string', l = 'list', x = 'stream' }
 local INCR = { HINCRBY = true, INCRBY = true, DECRBY = true }
+local byte = string.byte
+
+local O = ''
+-- Whether increments are checked before the writes (H's first byte, see refusal).
+local check_incr = true
+
+-- The event header of event i in H (after H's first byte): arguments, round, final,
+-- chain, ops, derived events.
+local function header(H, i)
+  local p = (i - 1) * 10 + 2
+  local a, b, c, r, f, ch, o1, o2, e1, e2 = byte(H, p, p + 9)
+  return (a * 256 + b) * 256 + c, r, f == 1, ch == 1, o1 * 256 + o2, e1 * 256 + e2
+end
+
+-- Op number k (1-based over the whole call): command, key index, argument count.
+local function op_at(k)
+  local p = (k - 1) * 6 + 1
+  local c, k1, k2, k3, n1, n2 = byte(O, p, p + 5)
+  return CMDS[c], (k1 * 256 + k2) * 256 + k3, n1 * 256 + n2
+end
 
 -- The first key (from index `first` on) whose type is neither none nor what the call needs
--- (ARGV[need_at]: one letter per KEYS index): {-1, index, actual type}, or nil.
+-- (`need`: one letter per KEYS index): {-1, index, actual type}, or nil.
 local function wrong_type(first, need)
   for i = first, #KEYS do
     local want = TYPES[string.sub(need, i, i)]
@@ -30,12 +64,9 @@ local function hmget(key, first, n)
   return out
 end
 
--- Progress value: 3 header bytes (complete rounds, partial flag, derived events already
--- added of a partial round), then one MessagePack array of replies per complete round,
--- plus, when partial, the replies of the ops of the failed round that were applied.
 local function rounds_of(v)
   if not v then return 0, false, 0 end
-  return string.byte(v, 1), string.byte(v, 2) == 1, string.byte(v, 3)
+  return byte(v, 1), byte(v, 2) == 1, byte(v, 3)
 end
 
 -- The complete rounds of a progress value, still packed, and the partial round's replies.
@@ -102,72 +133,72 @@ local function incr_check(cmd, key, field, by, changes)
   return nil
 end
 
--- Why the ops at ARGV[q..] (n_ops of them, the first `skip` already applied) cannot run:
--- a command outside the allowed set, or an increment that would not stay an integer. On a
--- refusal the increments this record simulated are forgotten.
-local function refusal(q, n_ops, skip)
+-- Why the ops first_op .. first_op+n_ops-1 (arguments from ARGV[a] on; the first `skip`
+-- already applied) cannot run: an unknown command, or an increment that would not stay an
+-- integer. Increments are checked only when the daemon says some event of the call has one
+-- after another write (H's first byte): an increment that is an event's first write needs
+-- no check, since if Redis refuses it, it writes nothing and nothing came before it. On a
+-- refusal the increments this event simulated are forgotten.
+local function refusal(first_op, n_ops, a, skip)
   local changes = {}
   for k = 1, n_ops do
-    local cmd, na = ARGV[q], tonumber(ARGV[q + 2])
+    local cmd, ki, na = op_at(first_op + k - 1)
     local why = nil
-    if not ALLOWED[cmd] then
-      why = 'command ' .. cmd .. ' is not allowed'
-    elseif k > skip and INCR[cmd] then
-      local key = KEYS[tonumber(ARGV[q + 1])]
+    if not cmd then
+      why = 'unknown command code'
+    elseif check_incr and k > skip and INCR[cmd] then
       if cmd == 'HINCRBY' then
-        why = incr_check(cmd, key, ARGV[q + 3], ARGV[q + 4], changes)
+        why = incr_check(cmd, KEYS[ki], ARGV[a], ARGV[a + 1], changes)
       else
-        why = incr_check(cmd, key, '', ARGV[q + 3], changes)
+        why = incr_check(cmd, KEYS[ki], '', ARGV[a], changes)
       end
     end
     if why then
       for c = #changes, 1, -1 do sim[changes[c][1]] = changes[c][2] end
       return why
     end
-    q = q + 3 + na
+    a = a + na
   end
   return nil
 end
 
--- Whether a hash-chain head of the ops at ARGV[q..] moved since the daemon read it.
-local function chain_moved(q, n_ops, skip)
+-- Whether a hash-chain head of those ops moved since the daemon read it.
+local function chain_moved(first_op, n_ops, a, skip)
   for k = 1, n_ops do
-    if k > skip and ARGV[q] == 'CHAINCAS' then
-      local head = KEYS[tonumber(ARGV[q + 1])]
-      if (redis.call('GET', head) or '') ~= ARGV[q + 4] then return 'head of ' .. head .. ' moved' end
+    local cmd, ki, na = op_at(first_op + k - 1)
+    if k > skip and cmd == 'CHAINCAS' then
+      if (redis.call('GET', KEYS[ki]) or '') ~= ARGV[a + 1] then
+        return 'head of ' .. KEYS[ki] .. ' moved'
+      end
     end
-    q = q + 3 + tonumber(ARGV[q + 2])
+    a = a + na
   end
   return nil
 end
 
--- Applies the ops at ARGV[q..] after the first `skip`, appending their replies to
--- `replies`. pcall throughout: a refusal stops this event, never the script. Returns the
--- position after the ops and the failure, if any.
-local function apply_ops(q, n_ops, skip, replies)
-  local failed = nil
+-- Applies those ops after the first `skip`, putting their replies in `replies`. pcall
+-- throughout: a refusal stops this event, never the script. Returns the failure, if any.
+local function apply_ops(first_op, n_ops, a, skip, replies)
   for k = 1, n_ops do
-    local cmd, key, na = ARGV[q], KEYS[tonumber(ARGV[q + 1])], tonumber(ARGV[q + 2])
-    if k > skip and not failed then
+    local cmd, ki, na = op_at(first_op + k - 1)
+    if k > skip then
+      local key = KEYS[ki]
       local r
       if cmd == 'CHAINCAS' then
-        redis.call('SET', key, ARGV[q + 5])
-        r = { redis.call('RPUSH', KEYS[tonumber(ARGV[q + 3])], ARGV[q + 6]), ARGV[q + 4], ARGV[q + 5] }
+        redis.call('SET', key, ARGV[a + 2])
+        r = { redis.call('RPUSH', KEYS[tonumber(ARGV[a])], ARGV[a + 3]), ARGV[a + 1], ARGV[a + 2] }
       else
-        r = redis.pcall(cmd, key, unpack(ARGV, q + 3, q + 2 + na))
+        r = redis.pcall(cmd, key, unpack(ARGV, a, a + na - 1))
         if type(r) == 'table' then
-          if r['err'] then
-            failed = cmd .. ' ' .. key .. ': ' .. r['err']
-          elseif r['ok'] then
-            r = r['ok']
-          end
+          if r['err'] then return cmd .. ' ' .. key .. ': ' .. r['err'] end
+          if r['ok'] then r = r['ok'] end
         end
       end
-      if not failed then replies[k] = r end
+      replies[k] = r
     end
-    q = q + 3 + na
+    a = a + na
   end
-  return q, failed
+  return nil
 end
 
 -- HSET of a flat field/value list, in chunks.
