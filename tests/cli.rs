@@ -260,7 +260,7 @@ async fn publish_status_tail_and_dead_letter_replay() {
     };
     assert_eq!(dead_field("id"), event_id, "the same event id");
     assert_eq!(dead_field("cid"), "req-42");
-    assert!(replay.contains(&event_id), "{replay}");
+    assert!(replay.contains(event_id), "{replay}");
     let listed = stdout(&run(&["dlq", "list", "--config", cfg], &url));
     assert!(
         listed.contains("0 dead letters"),

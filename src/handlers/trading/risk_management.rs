@@ -238,7 +238,7 @@ mod tests {
         round0: Vec<Reply>,
         sum_after: i64,
     ) -> (Vec<Op>, Vec<RiskAlert>) {
-        let ops = more(h.step(e, &[round0.clone()]).unwrap());
+        let ops = more(h.step(e, std::slice::from_ref(&round0)).unwrap());
         let (done_ops, emit) = done(h.step(e, &[round0, vec![int(sum_after), int(1)]]).unwrap());
         assert!(done_ops.is_empty());
         let alerts = emit
