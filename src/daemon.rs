@@ -293,9 +293,15 @@ pub async fn run_with(
         shutdown.clone(),
     ));
     if opts.role == Role::All {
+        let readers = config
+            .readers()
+            .into_iter()
+            .map(|(s, gs)| (s.to_string(), gs.iter().map(|g| g.name.clone()).collect()))
+            .collect();
         tasks.spawn(retention_loop(
             redis.clone(),
             config.streams.clone(),
+            readers,
             config.retention.interval,
             shutdown.clone(),
         ));

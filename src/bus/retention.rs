@@ -39,6 +39,38 @@ fn next_id(id: &str) -> (u64, u64) {
 
 /// The first entry id some group still needs (`None`: no group constrains the stream).
 pub async fn needed_floor(redis: &Redis, stream: &str) -> Result<Option<(u64, u64)>, BusError> {
+    needed_floor_for(redis, stream, &[]).await
+}
+
+/// [`needed_floor`], also counting the configured groups `expected` that Redis does not
+/// have right now (destroyed, or lost): each needs the entries after the position the
+/// daemon last recorded for it (it is re-created there), or everything when none was.
+pub async fn needed_floor_for(
+    redis: &Redis,
+    stream: &str,
+    expected: &[String],
+) -> Result<Option<(u64, u64)>, BusError> {
+    let mut floor = groups_floor(redis, stream).await?;
+    if expected.is_empty() {
+        return Ok(floor);
+    }
+    let present: Vec<String> = match redis.cmd("XINFO", vec![arg("GROUPS"), arg(stream)]).await {
+        Ok(v) => super::declare::group_names(v),
+        Err(BusError::Command(m)) if m.contains("no such key") => vec![],
+        Err(e) => return Err(e),
+    };
+    for g in expected.iter().filter(|g| !present.contains(g)) {
+        let need = match super::status::recorded_position(redis, stream, g).await? {
+            Some(p) => next_id(&p),
+            None => (0, 0),
+        };
+        floor = Some(floor.map_or(need, |f| f.min(need)));
+    }
+    Ok(floor)
+}
+
+/// The first entry id a group Redis has on `stream` still needs.
+async fn groups_floor(redis: &Redis, stream: &str) -> Result<Option<(u64, u64)>, BusError> {
     let groups = match redis.cmd("XINFO", vec![arg("GROUPS"), arg(stream)]).await {
         Ok(v) => as_array(v).unwrap_or_default(),
         Err(BusError::Command(m)) if m.contains("no such key") => return Ok(None),
@@ -72,6 +104,16 @@ pub async fn needed_floor(redis: &Redis, stream: &str) -> Result<Option<(u64, u6
 
 /// Trims one stream according to its retention; returns how many entries were removed.
 pub async fn trim_stream(redis: &Redis, s: &StreamConfig) -> Result<u64, BusError> {
+    trim_stream_for(redis, s, &[]).await
+}
+
+/// [`trim_stream`], never past what the configured groups `expected` of the stream still
+/// need, even while one of them is missing from Redis (see [`needed_floor_for`]).
+pub async fn trim_stream_for(
+    redis: &Redis,
+    s: &StreamConfig,
+    expected: &[String],
+) -> Result<u64, BusError> {
     if s.max_len.is_none() && s.max_age.is_none() {
         return Ok(0);
     }
@@ -103,7 +145,7 @@ pub async fn trim_stream(redis: &Redis, s: &StreamConfig) -> Result<u64, BusErro
         }
     }
     let Some(mut cut) = cut else { return Ok(0) };
-    if let Some(floor) = needed_floor(redis, &s.name).await? {
+    if let Some(floor) = needed_floor_for(redis, &s.name, expected).await? {
         cut = cut.min(floor);
     }
     if cut <= (0, 1) {
@@ -138,10 +180,12 @@ pub async fn trim_to_floor(redis: &Redis, stream: &str) -> Result<u64, BusError>
     Ok(as_int(&v).unwrap_or(0).max(0) as u64)
 }
 
-/// Applies retention to every stream every `interval`, until shutdown.
+/// Applies retention to every stream every `interval`, until shutdown. `readers` names the
+/// configured groups of each stream (kept safe even while one is missing from Redis).
 pub async fn retention_loop(
     redis: Redis,
     streams: Vec<StreamConfig>,
+    readers: std::collections::HashMap<String, Vec<String>>,
     interval: Duration,
     mut shutdown: Shutdown,
 ) {
@@ -150,7 +194,8 @@ pub async fn retention_loop(
             break;
         }
         for s in &streams {
-            match trim_stream(&redis, s).await {
+            let expected = readers.get(&s.name).map(Vec::as_slice).unwrap_or_default();
+            match trim_stream_for(&redis, s, expected).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(stream = %s.name, removed = n, "retention trimmed"),
                 Err(e) => tracing::warn!(stream = %s.name, error = %e, "retention failed"),
