@@ -936,6 +936,13 @@ fn the_console_api_is_ops_scoped_confirmed_and_audited() {
     );
 }
 
+/// Dead letters still listed: the stream is append-only; replayed and purged ones are
+/// marked resolved.
 fn list_len(server: &RedisServer) -> i64 {
-    server.cli(&["XLEN", streams::DEAD_LETTER]).parse().unwrap()
+    let all: i64 = server.cli(&["XLEN", streams::DEAD_LETTER]).parse().unwrap();
+    let resolved: i64 = server
+        .cli(&["HLEN", astra_bus::bus::dlq::RESOLVED])
+        .parse()
+        .unwrap();
+    all - resolved
 }

@@ -1,44 +1,58 @@
-//! The fault-injection suite: real daemon processes and a real redis-server under a loop of
-//! faults while a loader publishes inputs with a unique payload each — kill -9 of a daemon,
-//! a zombie daemon frozen past `claim_idle`, kill -9 of redis-server (AOF) and restart,
-//! `CLIENT KILL` of the daemons' connections, Redis at `maxmemory` (noeviction: OOM errors),
-//! and a frozen (slow) group while retention trims. Then faults stop, the topology drains,
-//! and a total-queue check in the style of Jepsen's runs over every input and every group:
-//! lost = 0, duplicate effects = 0, unexpected = 0, every input processed or dead-lettered,
-//! pending lists empty. The counts per fault kind are printed as a table (straight to
-//! stderr, so `cargo test` shows it without `--nocapture`).
+//! The fault-injection suite: real daemon processes and real Redis (one server, and a
+//! 3-master cluster) under a seeded loop of faults while a loader publishes inputs with a
+//! unique payload each. Faults: kill -9 of a daemon; a zombie daemon frozen past
+//! `claim_idle`; kill -9 of redis-server (AOF) and restart; `CLIENT KILL` of the daemons'
+//! connections; Redis at `maxmemory` (OOM); a frozen (slow) group while retention trims;
+//! `XGROUP DESTROY` of a live group; an operator replaying dead letters (after breaking,
+//! then fixing, the keys of a few inputs); and an input whose handler aborts the whole
+//! process. All the while the loader also retries earlier event ids with a re-stamped `ts`
+//! and writes malformed entries with thousands of fields. One group runs a two-round
+//! handler. `max_deliveries` is the default 5.
 //!
-//! Bounded by itself: the fault loop has a fixed number of injections and the drain a
-//! deadline; the whole test asserts it finished within [`SUITE_DEADLINE`].
-//! `ASTRA_TEST_SEED` replays a fault order.
+//! Then faults stop, the topology drains, and a total-queue check in the style of Jepsen's
+//! runs over every input and every group: lost = 0, duplicate effects = 0, unexpected = 0,
+//! every input processed or dead-lettered, pending lists empty. The counts per fault kind
+//! are printed as a table (straight to stderr, so `cargo test` shows it).
+//!
+//! The daemons are this test binary run again (`--ignored --exact fault_child_daemon`) with
+//! the test handler, so a handler can abort a real process. Bounded by itself: a fixed
+//! number of injections and a drain deadline; `ASTRA_TEST_SEED` replays a fault order.
 
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use astra_bus::bus::Redis;
 use astra_bus::bus::client::{arg, as_array, as_pairs, as_string};
+use astra_bus::config::GroupConfig;
 use astra_bus::envelope::{ContentType, Envelope};
+use astra_bus::handlers::{Event, Handler, HandlerError, Op, Registry, Reply, Step};
+use serde::Deserialize;
 use support::bus::*;
-use support::{DaemonProcess, RedisOptions, RedisServer, Rng, TempDir, write_config};
+use support::{DaemonProcess, RedisCluster, RedisOptions, RedisServer, Rng, TempDir, write_config};
 
 const A: &str = "astra.test.a.v1";
 const B: &str = "astra.test.b.v1";
 const DLQ: &str = "astra.bus.dead_letter.v1";
-/// Groups of the two main daemons (count_by_user and forward A → B) and of the slow one.
+/// Groups of the two main daemons (count_by_user, forward A → B, the two-round handler)
+/// and of the slow one.
 const COUNT: &str = "test.count";
 const FWD: &str = "test.fwd";
+const TWO: &str = "test.two";
 const SLOW: &str = "test.slow";
+const GROUPS: [&str; 4] = [COUNT, FWD, TWO, SLOW];
 /// Retention bound of the input stream: small, so retention trims all the time.
 const MAX_LEN: i64 = 300;
 /// The daemons' Redis user: `CLIENT KILL USER` hits exactly their connections.
 const DAEMON_USER: &str = "astra";
 /// Rounds over every fault kind.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 2;
 const SUITE_DEADLINE: Duration = Duration::from_secs(420);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -50,16 +64,31 @@ enum Fault {
     ClientKill,
     Oom,
     SlowGroup,
+    DestroyGroup,
+    DlqReplay,
+    CrashLoop,
 }
 
 impl Fault {
-    const ALL: [Fault; 6] = [
+    const SINGLE: [Fault; 9] = [
         Fault::Kill9,
         Fault::Zombie,
         Fault::RedisRestart,
         Fault::ClientKill,
         Fault::Oom,
         Fault::SlowGroup,
+        Fault::DestroyGroup,
+        Fault::DlqReplay,
+        Fault::CrashLoop,
+    ];
+    /// On the cluster: the faults that do not need one server's process or memory limit.
+    const CLUSTER: [Fault; 6] = [
+        Fault::Kill9,
+        Fault::Zombie,
+        Fault::SlowGroup,
+        Fault::DestroyGroup,
+        Fault::DlqReplay,
+        Fault::CrashLoop,
     ];
 
     fn name(self) -> &'static str {
@@ -71,23 +100,184 @@ impl Fault {
             Fault::ClientKill => "CLIENT KILL daemon conns",
             Fault::Oom => "redis at maxmemory (OOM)",
             Fault::SlowGroup => "slow group + retention",
+            Fault::DestroyGroup => "XGROUP DESTROY live group",
+            Fault::DlqReplay => "break keys, fix, dlq replay",
+            Fault::CrashLoop => "handler aborts the process",
         }
     }
 }
 
-/// One published input.
-struct Input {
-    id: String,
-    user: String,
-    malformed: bool,
-    fault: Fault,
+// ---------------------------------------------------------------------------------------
+// The daemon process: this test binary with the two-round test handler
+// ---------------------------------------------------------------------------------------
+
+/// Two rounds: HINCRBY the user's counter, then record the reply; aborts the whole process
+/// on an input that says so (an entry that kills whoever handles it).
+struct Two;
+
+#[derive(Deserialize)]
+struct TwoInput {
+    user_id: String,
+    #[serde(default)]
+    abort: bool,
 }
+
+impl Two {
+    fn build(_: &GroupConfig) -> Result<Arc<dyn Handler>, String> {
+        Ok(Arc::new(Two))
+    }
+}
+
+impl Handler for Two {
+    fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError> {
+        let p: TwoInput = ev.payload()?;
+        if p.abort {
+            std::process::abort();
+        }
+        let key = format!("astra:two:{}", p.user_id);
+        match rounds.first() {
+            None => Ok(Step::More(vec![Op::hincrby(&key, "n", 1)])),
+            Some(r) => Ok(Step::Done {
+                ops: vec![Op::hset(
+                    format!("astra:two_seen:{}", p.user_id),
+                    "n",
+                    r.first().and_then(Reply::as_int).unwrap_or(-1).to_string(),
+                )],
+                emit: vec![],
+            }),
+        }
+    }
+}
+
+/// Not a test on its own: the daemon process the suite starts (this binary run again).
+#[test]
+#[ignore = "a daemon process started by the fault suite"]
+fn fault_child_daemon() {
+    let (Ok(dir), Ok(url), Ok(instance)) = (
+        std::env::var("ASTRA_CHILD_CONFIG"),
+        std::env::var("ASTRA_CHILD_URL"),
+        std::env::var("ASTRA_CHILD_INSTANCE"),
+    ) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+            .with_writer(std::io::stderr)
+            .try_init();
+        let mut reg = Registry::builtin();
+        reg.insert(TWO, Two::build);
+        let cfg = load(Path::new(&dir), &url, &instance, &reg);
+        let (trigger, shutdown) = astra_bus::shutdown::Shutdown::new();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
+        tokio::spawn(async move {
+            term.recv().await;
+            trigger.trigger();
+        });
+        let opts = astra_bus::daemon::RunOptions {
+            registry: reg,
+            ..Default::default()
+        };
+        astra_bus::daemon::run_with(cfg, opts, shutdown)
+            .await
+            .unwrap();
+    });
+}
+
+fn start_daemon(dir: &Path, url: &str, instance: &str, logs: &TempDir) -> DaemonProcess {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let log = logs.join(format!(
+        "daemon-{instance}-{}.log",
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let file = std::fs::File::create(&log).unwrap();
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "fault_child_daemon", "--nocapture"])
+        .env("ASTRA_CHILD_CONFIG", dir)
+        .env("ASTRA_CHILD_URL", url)
+        .env("ASTRA_CHILD_INSTANCE", instance)
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    DaemonProcess { child, log }
+}
+
+/// A daemon the suite keeps running: restarted whenever it dies (a crash loop).
+struct Supervised {
+    proc: DaemonProcess,
+    dir: std::path::PathBuf,
+    instance: String,
+}
+
+struct Fleet {
+    url: String,
+    logs: TempDir,
+    daemons: Vec<Supervised>,
+    crashes: u64,
+}
+
+impl Fleet {
+    fn start(&mut self, dir: &Path, instance: &str) {
+        let proc = start_daemon(dir, &self.url, instance, &self.logs);
+        self.daemons.push(Supervised {
+            proc,
+            dir: dir.to_path_buf(),
+            instance: instance.to_string(),
+        });
+    }
+
+    /// Restarts every daemon that exited on its own.
+    fn revive(&mut self) {
+        for d in &mut self.daemons {
+            if d.proc.child.try_wait().unwrap().is_some() {
+                self.crashes += 1;
+                d.proc = start_daemon(&d.dir, &self.url, &d.instance, &self.logs);
+            }
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let d = &mut self.daemons[i];
+        d.proc.kill9();
+        d.proc = start_daemon(&d.dir, &self.url, &d.instance, &self.logs);
+    }
+
+    /// Sleeps `d`, reviving crashed daemons meanwhile.
+    async fn sleep(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.revive();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs_text(&self) -> String {
+        std::fs::read_dir(&self.logs.path)
+            .unwrap()
+            .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Topology and load
+// ---------------------------------------------------------------------------------------
 
 fn streams_config(url: &str) -> String {
     streams_toml(&[A, B], "batch_size = 50\nconcurrency = 200")
         .replace("redis://127.0.0.1:1", url)
-        .replace("max_deliveries = 3", "max_deliveries = 20")
+        .replace("max_deliveries = 3", "max_deliveries = 5")
         .replace("interval = \"1h\"", "interval = \"250ms\"")
+        .replace(
+            "[daemon]\nshutdown_deadline = \"5s\"\n",
+            "[daemon]\nshutdown_deadline = \"5s\"\n\n[metrics]\nrefresh_interval = \"200ms\"\n",
+        )
         .replace(
             &format!("name = \"{A}\"\ndescription = \"test stream\"\n"),
             &format!("name = \"{A}\"\ndescription = \"test stream\"\nmax_len = {MAX_LEN}\n"),
@@ -102,13 +292,14 @@ fn group(name: &str, handler: &str, publishes: &[&str]) -> String {
     )
 }
 
-/// The main daemons run `test.count` and `test.fwd`; the slow daemon runs `test.slow` alone.
+/// The main daemons run `test.count`, `test.fwd` and `test.two`; the slow one `test.slow`.
 fn configs(url: &str) -> (TempDir, TempDir) {
     let streams = streams_config(url);
     let main = format!(
-        "{}{}",
+        "{}{}{}",
         group(COUNT, "builtin.count_by_user", &[]),
-        group(FWD, "builtin.forward", &[B])
+        group(FWD, "builtin.forward", &[B]),
+        group(TWO, TWO, &[])
     );
     let slow = group(SLOW, "builtin.count_by_user", &[]);
     (
@@ -117,40 +308,108 @@ fn configs(url: &str) -> (TempDir, TempDir) {
     )
 }
 
-/// Publishes inputs until `stop`, 10 every ~40 ms, each tagged with the fault active at the
-/// time; every 50th is malformed (a `type` that does not match the stream) and must end in
-/// the dead letters of every group. A batch refused (OOM, Redis down, connection killed) is
-/// sent again: a resent copy carries the same event ids.
-async fn loader(
-    url: String,
-    current: Arc<Mutex<Fault>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
-) -> Vec<Input> {
+/// One published input.
+struct Input {
+    id: String,
+    user: String,
+    malformed: bool,
+    /// Its handler in `test.two` aborts the process.
+    crash: bool,
+    fault: Fault,
+}
+
+/// What the fault loop tells the loader.
+#[derive(Default)]
+struct Control {
+    current: Mutex<Option<Fault>>,
+    stop: AtomicBool,
+    /// The next input number (for the dlq-replay fault's victims).
+    next: AtomicUsize,
+    /// Publish one input that aborts `test.two`'s handler.
+    crash: AtomicBool,
+}
+
+fn envelope(event_type: &str, json: String) -> Envelope {
+    Envelope::root(
+        event_type,
+        1,
+        "faults",
+        None,
+        ContentType::Json,
+        json.into_bytes(),
+    )
+}
+
+/// Publishes inputs until stopped, 10 every ~40 ms, each tagged with the fault active at
+/// the time. Every 50th is malformed (a `type` that does not match the stream), every
+/// 300th a malformed entry with 4,100 fields; both must end in the dead letters of every
+/// group. Every 7th batch also re-sends an earlier input with its `ts` moved an hour on (a
+/// producer's retry: same event id). A batch refused (OOM, Redis down, connection killed)
+/// is sent again: a resent copy carries the same event ids.
+async fn loader(url: String, ctl: Arc<Control>) -> Vec<Input> {
     let redis = connect(&url).await;
     let mut inputs = vec![];
+    let mut sent: Vec<Envelope> = vec![];
     let mut n = 0usize;
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let fault = *current.lock().unwrap();
+    let mut batches = 0usize;
+    let mut rng = Rng(0x5eed_1234_abcd);
+    while !ctl.stop.load(Ordering::SeqCst) {
+        let fault = ctl.current.lock().unwrap().unwrap_or(Fault::None);
         let mut batch = vec![];
         for _ in 0..10 {
-            let malformed = n % 50 == 49;
             let user = format!("in-{n}");
-            let env = Envelope::root(
-                if malformed { "test.wrong" } else { "test.a" },
-                1,
-                "faults",
-                None,
-                ContentType::Json,
-                format!("{{\"user_id\":\"{user}\",\"n\":{n}}}").into_bytes(),
-            );
+            let crash = ctl.crash.swap(false, Ordering::SeqCst);
+            let malformed = !crash && n % 50 == 49;
+            if !crash && n % 300 == 299 {
+                // Wide and malformed, written straight into Redis.
+                let env = envelope("test.wrong", format!("{{\"user_id\":\"{user}\"}}"));
+                let mut a = vec![arg(A), arg("*")];
+                for (k, v) in env.to_fields() {
+                    a.push(arg(k));
+                    a.push(astra_bus::bus::client::Value::Bytes(v.into()));
+                }
+                for i in 0..4100 {
+                    a.push(arg(format!("extra{i}")));
+                    a.push(arg(format!("v{i}")));
+                }
+                while redis.cmd("XADD", a.clone()).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                inputs.push(Input {
+                    id: env.id,
+                    user,
+                    malformed: true,
+                    crash: false,
+                    fault,
+                });
+                n += 1;
+                continue;
+            }
+            let json = if crash {
+                format!("{{\"user_id\":\"{user}\",\"n\":{n},\"abort\":true}}")
+            } else {
+                format!("{{\"user_id\":\"{user}\",\"n\":{n}}}")
+            };
+            let env = envelope(if malformed { "test.wrong" } else { "test.a" }, json);
             inputs.push(Input {
                 id: env.id.clone(),
                 user,
                 malformed,
+                crash,
                 fault,
             });
+            if !malformed && !crash {
+                sent.push(env.clone());
+            }
             batch.push((A.to_string(), env));
             n += 1;
+        }
+        ctl.next.store(n, Ordering::SeqCst);
+        batches += 1;
+        if batches.is_multiple_of(7) && !sent.is_empty() {
+            let mut retry = sent[rng.range(0, sent.len() as u64) as usize].clone();
+            retry.ts += 3_600_000;
+            batch.push((A.to_string(), retry));
         }
         let start = Instant::now();
         while let Err(e) = astra_bus::bus::publish::publish_many(&redis, &batch).await {
@@ -184,9 +443,8 @@ async fn groups_info(redis: &Redis) -> HashMap<String, HashMap<String, String>> 
         .collect()
 }
 
-/// Every group has read everything and has nothing pending.
-async fn drained(url: &str) -> bool {
-    let redis = connect(url).await;
+/// Every group has read everything and has nothing pending (replays included).
+async fn drained(redis: &Redis) -> bool {
     let v = redis.cmd("XINFO", vec![arg("STREAM"), arg(A)]).await;
     let last = v
         .ok()
@@ -196,15 +454,24 @@ async fn drained(url: &str) -> bool {
         .find(|(k, _)| k == "last-generated-id")
         .and_then(|(_, v)| as_string(&v))
         .unwrap_or_default();
-    let info = groups_info(&redis).await;
-    redis.quit().await;
-    [COUNT, FWD, SLOW].iter().all(|g| {
+    // Replays an operator made are read too (not only acknowledged once read).
+    for g in GROUPS {
+        if !replays_done(redis, g).await {
+            return false;
+        }
+    }
+    let info = groups_info(redis).await;
+    GROUPS.iter().all(|g| {
         info.get(*g).is_some_and(|m| {
             m.get("pending").map(String::as_str) == Some("0")
                 && m.get("last-delivered-id") == Some(&last)
         })
     })
 }
+
+// ---------------------------------------------------------------------------------------
+// The total-queue check
+// ---------------------------------------------------------------------------------------
 
 #[derive(Default, Clone, Copy)]
 struct Row {
@@ -216,50 +483,47 @@ struct Row {
     duplicates: u64,
 }
 
-/// The total-queue check. Per group and input: the effect (count field / derived event) and
-/// the dead letters. Returns the table rows per fault kind and the unexpected items.
-async fn check(url: &str, inputs: &[Input]) -> (BTreeMap<Fault, Row>, Vec<String>) {
-    let redis = connect(url).await;
+/// Per group and input: the effect and the dead letters still listed (replayed ones are
+/// resolved). Returns the table rows per fault kind and the unexpected items.
+async fn check(
+    redis: &Redis,
+    inputs: &[Input],
+) -> (BTreeMap<Fault, Row>, Vec<String>, Vec<String>) {
     let counts: HashMap<&str, BTreeMap<String, i64>> = HashMap::from([
         (
             COUNT,
-            hgetall_int(&redis, &format!("astra:count:{COUNT}")).await,
+            hgetall_int(redis, &format!("astra:count:{COUNT}")).await,
         ),
         (
             SLOW,
-            hgetall_int(&redis, &format!("astra:count:{SLOW}")).await,
+            hgetall_int(redis, &format!("astra:count:{SLOW}")).await,
         ),
     ]);
-    // Derived events of test.fwd, per input id: (entries, distinct derived ids).
+    // Derived events of test.fwd, per input id: entries, and distinct derived ids (a
+    // same-id copy after a crash is allowed in a cluster only).
     let mut derived: HashMap<String, (u64, HashSet<String>)> = HashMap::new();
-    for (_, e) in read_all(&redis, B).await {
+    for (_, e) in read_all(redis, B).await {
         let d = derived
             .entry(e.caus.clone().unwrap_or_default())
             .or_default();
         d.0 += 1;
         d.1.insert(e.id);
     }
-    // Dead letters per (group, event id): distinct source entries.
+    // Dead letters still listed, per (group, event id): distinct source entries.
     let mut dead: HashMap<(String, String), HashSet<String>> = HashMap::new();
-    let mut dead_copies: HashMap<(String, String), u64> = HashMap::new();
-    for fields in read_raw(&redis, DLQ).await {
-        let f: HashMap<&str, &str> = fields
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+    let mut dead_reason: HashMap<(String, String), String> = HashMap::new();
+    for d in astra_bus::bus::dlq::list(redis, DLQ, None, usize::MAX)
+        .await
+        .unwrap()
+    {
         let key = (
-            f.get("dlq_group").unwrap_or(&"").to_string(),
-            f.get("id").unwrap_or(&"").to_string(),
+            d.get("group").unwrap_or("").to_string(),
+            d.event_id().unwrap_or_default(),
         );
-        *dead_copies
-            .entry((
-                key.0.clone(),
-                f.get("dlq_entry_id").unwrap_or(&"").to_string(),
-            ))
-            .or_default() += 1;
+        dead_reason.insert(key.clone(), d.get("reason").unwrap_or("").to_string());
         dead.entry(key)
             .or_default()
-            .insert(f.get("dlq_entry_id").unwrap_or(&"").to_string());
+            .insert(d.get("entry_id").unwrap_or("").to_string());
     }
     let mut unexpected = vec![];
     let known_users: HashSet<&str> = inputs.iter().map(|i| i.user.as_str()).collect();
@@ -281,42 +545,76 @@ async fn check(url: &str, inputs: &[Input]) -> (BTreeMap<Fault, Row>, Vec<String
             unexpected.push(format!("{g}: dead letter of unknown input {id}"));
         }
     }
-    for ((g, entry), n) in &dead_copies {
-        if *n > 1 {
-            unexpected.push(format!("{g}: source entry {entry} dead-lettered {n} times"));
-        }
-    }
+    let cluster = redis.is_cluster();
     let mut rows: BTreeMap<Fault, Row> = BTreeMap::new();
+    let mut lost = vec![];
     for i in inputs {
         let row = rows.entry(i.fault).or_default();
         row.inputs += 1;
-        for g in [COUNT, FWD, SLOW] {
+        let hget = |key: String| async move {
+            as_string(&redis.cmd("HGET", vec![arg(key), arg("n")]).await.unwrap())
+        };
+        let two = hget(format!("astra:two:{}", i.user)).await;
+        let two_seen = hget(format!("astra:two_seen:{}", i.user)).await;
+        if two.is_some() && two_seen.as_deref() != Some("1") {
+            unexpected.push(format!(
+                "{TWO}: {} finished its second round with {two_seen:?}",
+                i.user
+            ));
+        }
+        for g in GROUPS {
             let effects = match g {
-                FWD => derived.get(&i.id).map_or(0, |d| d.0),
+                FWD => derived
+                    .get(&i.id)
+                    .map_or(0, |d| if cluster { d.1.len() as u64 } else { d.0 }),
+                TWO => two.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0u64),
                 _ => counts[g].get(&i.user).copied().unwrap_or(0).max(0) as u64,
             };
-            let dl = dead
-                .get(&(g.to_string(), i.id.clone()))
-                .map_or(0, |s| s.len() as u64);
+            let key = (g.to_string(), i.id.clone());
+            let dl = dead.get(&key).map_or(0, |s| s.len() as u64);
             if i.malformed && effects > 0 {
                 unexpected.push(format!("{g}: malformed input {} was applied", i.id));
             }
+            if i.crash && g == TWO {
+                if effects > 0 {
+                    unexpected.push(format!("{g}: the aborting input {} was applied", i.id));
+                }
+                if dead_reason.get(&key).map(String::as_str) != Some("max_deliveries") {
+                    unexpected.push(format!(
+                        "{g}: the aborting input {} ended {:?}, not max_deliveries",
+                        i.id,
+                        dead_reason.get(&key)
+                    ));
+                }
+            }
             match (effects, dl) {
-                (0, 0) => row.lost += 1,
+                (0, 0) => {
+                    row.lost += 1;
+                    lost.push(format!(
+                        "{g}: {} ({}, published during {:?})",
+                        i.id, i.user, i.fault
+                    ));
+                }
                 (1, 0) => row.processed += 1,
                 (0, _) => row.dead_lettered += 1,
                 _ => row.duplicates += 1,
             }
         }
     }
-    redis.quit().await;
-    (rows, unexpected)
+    (rows, unexpected, lost)
 }
 
-fn print_table(rows: &BTreeMap<Fault, Row>, elapsed: Duration, unexpected: usize, seed: u64) {
+fn print_table(
+    title: &str,
+    rows: &BTreeMap<Fault, Row>,
+    elapsed: Duration,
+    unexpected: usize,
+    seed: u64,
+    crashes: u64,
+) {
     let mut out = String::new();
     out.push_str(&format!(
-        "\nfault-injection suite (seed {seed}, {:.1}s): per fault kind, inputs published while it was active;\nprocessed/dead-lettered/lost/duplicates count (input, group) pairs over the 3 groups\n",
+        "\nfault-injection suite, {title} (seed {seed}, {:.1}s, {crashes} daemon crashes): per fault kind, inputs published while it was active;\nprocessed/dead-lettered/lost/duplicates count (input, group) pairs over the 4 groups\n",
         elapsed.as_secs_f64()
     ));
     out.push_str(&format!(
@@ -352,51 +650,95 @@ fn print_table(rows: &BTreeMap<Fault, Row>, elapsed: Duration, unexpected: usize
         total.lost,
         total.duplicates
     ));
-    // Straight to the process's stderr: the test harness captures print macros only.
     let _ = std::io::stderr().write_all(out.as_bytes());
 }
 
-fn start_daemon(dir: &Path, url: &str, name: &str, logs: &TempDir) -> DaemonProcess {
-    DaemonProcess::start(dir, url, name, &logs.path)
+// ---------------------------------------------------------------------------------------
+// The suite
+// ---------------------------------------------------------------------------------------
+
+enum Backend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn total_queue_check_under_injected_faults() {
+/// Breaks the `test.two` keys of a few upcoming inputs, lets them be dead-lettered, fixes
+/// the keys and replays exactly those dead letters (as an operator would).
+async fn dlq_replay_fault(admin: &Redis, fleet: &mut Fleet, ctl: &Control) -> usize {
+    let first = ctl.next.load(Ordering::SeqCst) + 20;
+    let victims: Vec<String> = (first..first + 5).map(|n| format!("in-{n}")).collect();
+    for u in &victims {
+        admin
+            .cmd("SET", vec![arg(format!("astra:two:{u}")), arg("broken")])
+            .await
+            .unwrap();
+    }
+    fleet.sleep(Duration::from_millis(1500)).await;
+    for u in &victims {
+        admin
+            .cmd("DEL", vec![arg(format!("astra:two:{u}"))])
+            .await
+            .unwrap();
+    }
+    let mut replayed = 0;
+    for d in astra_bus::bus::dlq::list(admin, DLQ, Some(TWO), usize::MAX)
+        .await
+        .unwrap()
+    {
+        let user = Envelope::from_fields(&d.original)
+            .ok()
+            .and_then(|e| e.data_as_json().ok())
+            .and_then(|j| j["user_id"].as_str().map(str::to_string));
+        if d.get("reason") == Some("failed") && user.is_some_and(|u| victims.contains(&u)) {
+            astra_bus::bus::dlq::replay(admin, DLQ, &d).await.unwrap();
+            replayed += 1;
+        }
+    }
+    replayed
+}
+
+async fn xlen_sync(redis: &Redis, group: &str) -> i64 {
+    xlen(redis, &astra_bus::bus::consume::replay_stream(group)).await
+}
+
+/// The two suites take turns: each runs 6 processes flat out on a 2-core machine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn run_suite(backend: &mut Backend, faults: &[Fault], title: &str) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let started = Instant::now();
-    let mut server = RedisServer::start_with(RedisOptions {
-        appendonly: true,
-        extra: vec![("appendfsync".into(), "always".into())],
-        raw_args: ["--user", DAEMON_USER, "on", ">pw", "~*", "&*", "+@all"]
-            .map(String::from)
-            .to_vec(),
-        ..Default::default()
-    });
-    let admin_url = server.url();
-    let daemon_url = format!("redis://{DAEMON_USER}:pw@127.0.0.1:{}", server.port);
+    let (admin_url, daemon_url) = match backend {
+        Backend::Single(s) => (
+            s.url(),
+            format!("redis://{DAEMON_USER}:pw@127.0.0.1:{}", s.port),
+        ),
+        Backend::Cluster(c) => (c.url(), c.url()),
+    };
     let (main_cfg, slow_cfg) = configs(&daemon_url);
-    let logs = TempDir::new("fault-logs");
+    let mut fleet = Fleet {
+        url: daemon_url.clone(),
+        logs: TempDir::new("fault-logs"),
+        daemons: vec![],
+        crashes: 0,
+    };
     let mut rng = Rng::from_env();
     let seed = rng.0;
-    let mut daemons = [
-        start_daemon(&main_cfg.path, &daemon_url, "d1", &logs),
-        start_daemon(&main_cfg.path, &daemon_url, "d2", &logs),
-    ];
-    let mut slow = start_daemon(&slow_cfg.path, &daemon_url, "slow", &logs);
+    fleet.start(&main_cfg.path, "d1");
+    fleet.start(&main_cfg.path, "d2");
+    fleet.start(&slow_cfg.path, "slow");
     let admin = connect(&admin_url).await;
-    wait_until(Duration::from_secs(30), "groups declared", || async {
-        groups_info(&admin).await.len() == 3
+    wait_until(Duration::from_secs(60), "groups declared", || async {
+        groups_info(&admin).await.len() == GROUPS.len()
     })
     .await;
 
-    let current = Arc::new(Mutex::new(Fault::None));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = tokio::spawn(loader(admin_url.clone(), current.clone(), stop.clone()));
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ctl = Arc::new(Control::default());
+    let load = tokio::spawn(loader(admin_url.clone(), ctl.clone()));
+    fleet.sleep(Duration::from_millis(1000)).await;
 
-    // Rounds over every fault kind, each round in a seeded order.
     let mut schedule = vec![];
     for _ in 0..ROUNDS {
-        let mut kinds = Fault::ALL.to_vec();
+        let mut kinds = faults.to_vec();
         for i in (1..kinds.len()).rev() {
             kinds.swap(i, rng.range(0, i as u64 + 1) as usize);
         }
@@ -404,36 +746,48 @@ async fn total_queue_check_under_injected_faults() {
     }
     let mut injections: BTreeMap<Fault, u64> = BTreeMap::new();
     let mut retention_held_back = 0u32;
+    let mut replayed = 0;
     for fault in schedule {
-        *current.lock().unwrap() = fault;
+        *ctl.current.lock().unwrap() = Some(fault);
         *injections.entry(fault).or_default() += 1;
         match fault {
             Fault::Kill9 => {
                 let i = rng.range(0, 2) as usize;
-                tokio::time::sleep(Duration::from_millis(rng.range(100, 600))).await;
-                daemons[i].kill9();
-                tokio::time::sleep(Duration::from_millis(rng.range(200, 800))).await;
-                daemons[i] =
-                    start_daemon(&main_cfg.path, &daemon_url, &format!("d{}", i + 1), &logs);
+                fleet
+                    .sleep(Duration::from_millis(rng.range(100, 600)))
+                    .await;
+                fleet.daemons[i].proc.kill9();
+                fleet
+                    .sleep(Duration::from_millis(rng.range(200, 800)))
+                    .await;
+                fleet.restart(i);
             }
             Fault::Zombie => {
                 // claim_idle is 300ms: frozen 5× that, its entries are reclaimed by the
                 // other daemon; then it wakes up and commits what it had in hand.
                 let i = rng.range(0, 2) as usize;
-                daemons[i].pause();
+                fleet.daemons[i].proc.pause();
                 tokio::time::sleep(Duration::from_millis(1500)).await;
-                daemons[i].resume();
+                fleet.daemons[i].proc.resume();
             }
             Fault::RedisRestart => {
+                let Backend::Single(server) = backend else {
+                    unreachable!()
+                };
                 server.kill();
                 tokio::time::sleep(Duration::from_millis(rng.range(300, 1000))).await;
                 server.restart();
             }
             Fault::ClientKill => {
+                let Backend::Single(server) = backend else {
+                    unreachable!()
+                };
                 let mut killed = 0;
                 for _ in 0..3 {
                     killed += server.client_kill_user(DAEMON_USER);
-                    tokio::time::sleep(Duration::from_millis(rng.range(100, 400))).await;
+                    fleet
+                        .sleep(Duration::from_millis(rng.range(100, 400)))
+                        .await;
                 }
                 assert!(
                     killed > 0,
@@ -441,65 +795,118 @@ async fn total_queue_check_under_injected_faults() {
                 );
             }
             Fault::Oom => {
-                // Let a backlog build up first, so the daemons have work to commit while
-                // every write is refused.
-                daemons.iter().for_each(DaemonProcess::pause);
+                let Backend::Single(server) = backend else {
+                    unreachable!()
+                };
+                // A backlog first, so the daemons have work to commit while every write
+                // is refused.
+                fleet.daemons[..2].iter().for_each(|d| d.proc.pause());
                 tokio::time::sleep(Duration::from_millis(400)).await;
                 server.set_maxmemory(1);
-                daemons.iter().for_each(DaemonProcess::resume);
-                tokio::time::sleep(Duration::from_millis(1500)).await;
+                fleet.daemons[..2].iter().for_each(|d| d.proc.resume());
+                fleet.sleep(Duration::from_millis(1500)).await;
                 server.set_maxmemory(0);
             }
             Fault::SlowGroup => {
                 // The slow group stops consuming while retention keeps running: the stream
                 // must keep everything the slow group has not processed.
-                slow.pause();
+                fleet.daemons[2].proc.pause();
                 tokio::time::sleep(Duration::from_millis(3000)).await;
-                // ~650 inputs arrived meanwhile; retention alone would keep ~MAX_LEN.
                 if xlen(&admin, A).await > MAX_LEN + 200 {
                     retention_held_back += 1;
                 }
-                slow.resume();
+                fleet.daemons[2].proc.resume();
+            }
+            Fault::DestroyGroup => {
+                // An operator destroys a live group: its daemons re-create it where it was.
+                let _ = admin
+                    .cmd("XGROUP", vec![arg("DESTROY"), arg(A), arg(COUNT)])
+                    .await;
+                fleet.sleep(Duration::from_millis(1000)).await;
+            }
+            Fault::DlqReplay => {
+                replayed += dlq_replay_fault(&admin, &mut fleet, &ctl).await;
+            }
+            Fault::CrashLoop => {
+                // One input whose two-round handler aborts the process: each attempt kills
+                // a daemon; after max_deliveries it is dead-lettered without running.
+                ctl.crash.store(true, Ordering::SeqCst);
+                fleet.sleep(Duration::from_millis(6000)).await;
             }
             Fault::None => {}
         }
-        *current.lock().unwrap() = Fault::None;
-        tokio::time::sleep(Duration::from_millis(rng.range(300, 800))).await;
+        *ctl.current.lock().unwrap() = Some(Fault::None);
+        fleet
+            .sleep(Duration::from_millis(rng.range(300, 800)))
+            .await;
     }
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    ctl.stop.store(true, Ordering::SeqCst);
     let inputs = load.await.unwrap();
 
-    wait_until(Duration::from_secs(180), "the topology drains", || {
-        drained(&admin_url)
-    })
-    .await;
-    for d in daemons.iter_mut().chain(std::iter::once(&mut slow)) {
-        let (st, _) = d.terminate(Duration::from_secs(15));
-        assert!(st.success(), "daemon exits 0:\n{}", d.log_text());
+    let drain_deadline = Instant::now() + Duration::from_secs(180);
+    while !drained(&admin).await {
+        assert!(
+            Instant::now() < drain_deadline,
+            "the topology did not drain"
+        );
+        fleet.sleep(Duration::from_millis(200)).await;
     }
-    // Retention trimmed the input stream (it holds far fewer entries than were published).
+    for d in fleet.daemons.iter_mut() {
+        let (st, _) = d.proc.terminate(Duration::from_secs(15));
+        assert!(st.success(), "daemon exits 0:\n{}", d.proc.log_text());
+    }
     let trimmed = xlen(&admin, A).await < inputs.len() as i64 / 2;
-    let (mut rows, unexpected) = check(&admin_url, &inputs).await;
+    let (mut rows, unexpected, lost_pairs) = check(&admin, &inputs).await;
     for (f, n) in &injections {
         rows.entry(*f).or_default().injections = *n;
     }
     let elapsed = started.elapsed();
-    print_table(&rows, elapsed, unexpected.len(), seed);
+    print_table(title, &rows, elapsed, unexpected.len(), seed, fleet.crashes);
 
     let lost: u64 = rows.values().map(|r| r.lost).sum();
     let duplicates: u64 = rows.values().map(|r| r.duplicates).sum();
     let processed: u64 = rows.values().map(|r| r.processed).sum();
     let dead_lettered: u64 = rows.values().map(|r| r.dead_lettered).sum();
     let malformed = inputs.iter().filter(|i| i.malformed).count() as u64;
-    assert_eq!(lost, 0, "lost (input, group) pairs");
+    let crash_inputs = inputs.iter().filter(|i| i.crash).count() as u64;
+    if lost > 0 {
+        // What the daemons said about the lost inputs, to tell the cause.
+        let logs = fleet.logs_text();
+        let dead = read_raw(&admin, DLQ).await;
+        let resolved = hgetall_int(&admin, astra_bus::bus::dlq::RESOLVED).await;
+        let mut replays = vec![];
+        for g in GROUPS {
+            replays.push(format!("{g}: {}", xlen_sync(&admin, g).await));
+        }
+        eprintln!("replay streams: {replays:?}; resolved: {}", resolved.len());
+        for l in &lost_pairs {
+            eprintln!("lost: {l}");
+            let id = l.split(' ').nth(1).unwrap_or_default();
+            for line in logs.lines().filter(|line| line.contains(id)) {
+                eprintln!("  log: {line}");
+            }
+            for d in dead
+                .iter()
+                .filter(|d| d.iter().any(|(_, v)| v.contains(id)))
+            {
+                let meta: Vec<&(String, String)> =
+                    d.iter().filter(|(k, _)| k.starts_with("dlq_")).collect();
+                eprintln!("  dead letter: {meta:?}");
+            }
+        }
+    }
+    assert_eq!(lost, 0, "lost (input, group) pairs: {lost_pairs:?}");
     assert_eq!(duplicates, 0, "duplicate effects");
     assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
-    assert_eq!(processed + dead_lettered, inputs.len() as u64 * 3);
-    assert!(
-        dead_lettered >= malformed * 3,
-        "every malformed input is dead-lettered by every group"
+    assert_eq!(
+        processed + dead_lettered,
+        inputs.len() as u64 * GROUPS.len() as u64
     );
-    for g in [COUNT, FWD, SLOW] {
+    assert!(
+        dead_lettered >= malformed * GROUPS.len() as u64 + crash_inputs,
+        "every malformed input is dead-lettered by every group, every aborting one by {TWO}"
+    );
+    for g in GROUPS {
         assert_eq!(pending(&admin, A, g).await, 0, "{g} has nothing pending");
     }
     // The faults actually happened and had their effect.
@@ -513,21 +920,49 @@ async fn total_queue_check_under_injected_faults() {
         retention_held_back > 0,
         "retention kept what the frozen slow group still needed"
     );
-    let logs_text: String = std::fs::read_dir(&logs.path)
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap_or_default())
-        .collect();
+    assert!(
+        crash_inputs > 0 && fleet.crashes >= crash_inputs,
+        "the aborting inputs crashed daemons"
+    );
+    assert!(replayed > 0, "the operator replayed dead letters");
+    let logs_text = fleet.logs_text();
     assert!(
         logs_text.contains("reclaimed idle pending entries"),
         "some daemon reclaimed another's entries"
     );
     assert!(
-        logs_text.contains("redis is out of memory"),
-        "the daemons met OOM errors (and retried)"
+        logs_text.contains("re-created where it was"),
+        "the destroyed group was re-created"
     );
+    if faults.contains(&Fault::Oom) {
+        assert!(
+            logs_text.contains("redis is out of memory"),
+            "the daemons met OOM errors (and retried)"
+        );
+    }
     assert!(
         elapsed < SUITE_DEADLINE,
         "the suite took {elapsed:?}, over its bound {SUITE_DEADLINE:?}"
     );
     admin.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_queue_check_under_injected_faults() {
+    let server = RedisServer::start_with(RedisOptions {
+        appendonly: true,
+        extra: vec![("appendfsync".into(), "always".into())],
+        raw_args: ["--user", DAEMON_USER, "on", ">pw", "~*", "&*", "+@all"]
+            .map(String::from)
+            .to_vec(),
+        ..Default::default()
+    });
+    let mut backend = Backend::Single(server);
+    run_suite(&mut backend, &Fault::SINGLE, "one redis-server").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn total_queue_check_under_injected_faults_on_a_cluster() {
+    let mut backend = Backend::Cluster(RedisCluster::start());
+    run_suite(&mut backend, &Fault::CLUSTER, "3-master Redis Cluster").await;
 }

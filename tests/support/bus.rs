@@ -161,6 +161,42 @@ pub async fn read_raw(redis: &Redis, stream: &str) -> Vec<Vec<(String, String)>>
         .collect()
 }
 
+/// Whether `group` has read every entry of its replay stream and has none pending (true
+/// when the stream does not exist: nothing was ever replayed to it).
+pub async fn replays_done(redis: &Redis, group: &str) -> bool {
+    let stream = astra_bus::bus::consume::replay_stream(group);
+    let Ok(info) = redis
+        .cmd("XINFO", vec![arg("STREAM"), arg(stream.as_str())])
+        .await
+    else {
+        return true;
+    };
+    let last = astra_bus::bus::client::as_pairs(info)
+        .into_iter()
+        .find(|(k, _)| k == "last-generated-id")
+        .and_then(|(_, v)| astra_bus::bus::client::as_string(&v));
+    let Ok(groups) = redis
+        .cmd("XINFO", vec![arg("GROUPS"), arg(stream.as_str())])
+        .await
+    else {
+        return false;
+    };
+    astra_bus::bus::client::as_array(groups)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| {
+            astra_bus::bus::client::as_pairs(g)
+                .into_iter()
+                .map(|(k, v)| (k, astra_bus::bus::client::as_string(&v)))
+                .collect::<std::collections::HashMap<_, _>>()
+        })
+        .find(|m| m.get("name").cloned().flatten().as_deref() == Some(group))
+        .is_some_and(|m| {
+            m.get("pending").cloned().flatten().as_deref() == Some("0")
+                && m.get("last-delivered-id").cloned().flatten() == last
+        })
+}
+
 /// Pending count of a group on a stream.
 pub async fn pending(redis: &Redis, stream: &str, group: &str) -> i64 {
     match redis.cmd("XPENDING", vec![arg(stream), arg(group)]).await {
