@@ -210,8 +210,9 @@ pub enum DlqAction {
         count: usize,
     },
     /// Hand dead letters back to the group that dead-lettered them (same event id; no
-    /// other group sees them again; a partly applied event resumes) and remove them from
-    /// the dead-letter stream.
+    /// other group sees them again; a partly applied event resumes) and mark them
+    /// resolved: no longer listed, never replayed twice (the dead-letter stream itself is
+    /// append-only, trimmed by its retention).
     ///
     /// Example: astra-bus dlq replay 1732190000000-0   (or --all [--group G])
     Replay {
@@ -224,7 +225,8 @@ pub enum DlqAction {
         #[arg(long)]
         group: Option<String>,
     },
-    /// Delete dead letters (of --group, or all).
+    /// Mark dead letters resolved without replaying them (of --group, or all): no longer
+    /// listed or replayable.
     ///
     /// Example: astra-bus dlq purge --group nft.marketplace
     Purge {
