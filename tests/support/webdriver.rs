@@ -214,9 +214,12 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
-            .status();
+        // The syscall, not `kill -KILL -<pgid>`: procps-ng 4.0.2 (Debian 12) reads that
+        // negative pid as -1 and kills every process the user may signal, CI included.
+        // SAFETY: kill(2) has no memory effects; a stale group id only yields ESRCH.
+        unsafe {
+            libc::kill(-(self.child.id() as libc::pid_t), libc::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
