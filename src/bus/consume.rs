@@ -30,7 +30,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::Semaphore;
 
 use super::client::{BusError, Fields, RawEntry, Redis, arg, as_array, as_int, as_string};
-use super::commit::{RoundItem, RoundOutcome, Target, commit_round};
+use super::commit::{Memory, RoundItem, RoundOutcome, Target, commit_round, recall};
 use super::deadletter::{DeadLetter, Reason, dead_letter, unpack_dead_letter};
 use crate::config::{GroupConfig, parse_stream_name};
 use crate::envelope::{Envelope, now_ms};
@@ -398,6 +398,7 @@ async fn run_batch(
         entries
     };
     let mut batch = decode(ctx, from, entries, deliveries);
+    triage_over_limit(ctx, from, &mut batch).await;
     let mut backoff = redis_backoff();
     let mut sd = shutdown.clone();
     let mut retry_budget = RETRY_BUDGET;
@@ -501,6 +502,8 @@ async fn resolve_replays(
 struct Batch {
     labels: crate::metrics::StreamGroup,
     active: Vec<Work>,
+    /// Over `max_deliveries`, each with its dead letter: [`triage_over_limit`] decides.
+    over_limit: Vec<(Work, DeadLetter)>,
     dead: Vec<DeadLetter>,
     report: BatchReport,
     chain_gave_up: usize,
@@ -523,11 +526,13 @@ fn decode(
     let mut batch = Batch {
         labels,
         active: vec![],
+        over_limit: vec![],
         dead: vec![],
         report: BatchReport::default(),
         chain_gave_up: 0,
     };
     let replay = is_replay_stream(from);
+    let replay_mismatch = |stream: &String| replay && !g.reads.contains(stream);
     for e in entries {
         let attempts = deliveries.get(&e.id).copied().unwrap_or(1);
         // Body trimmed while pending: nothing left to process or to dead-letter (the
@@ -552,17 +557,21 @@ fn decode(
             error,
             attempts,
         };
-        if attempts > u64::from(g.max_deliveries) {
-            batch.dead.push(dead(
+        let over_limit = attempts > u64::from(g.max_deliveries);
+        let too_many = || {
+            dead(
                 Reason::MaxDeliveries,
                 format!(
                     "delivered {attempts} times, max_deliveries is {}",
                     g.max_deliveries
                 ),
-            ));
+            )
+        };
+        if over_limit && (decode_entry(&stream, &fields).is_err() || replay_mismatch(&stream)) {
+            batch.dead.push(too_many());
             continue;
         }
-        if replay && !g.reads.contains(&stream) {
+        if replay_mismatch(&stream) {
             batch.dead.push(dead(
                 Reason::Malformed,
                 format!(
@@ -573,22 +582,82 @@ fn decode(
             continue;
         }
         match decode_entry(&stream, &fields) {
-            Ok(env) => batch.active.push(Work {
-                ev: Event {
-                    stream,
-                    entry_id: e.id,
-                    env,
-                },
-                fields,
-                attempts,
-                rounds: vec![],
-                handler_time: Duration::ZERO,
-                conflicts: 0,
-            }),
+            Ok(env) => {
+                let letter = over_limit.then(too_many);
+                let w = Work {
+                    ev: Event {
+                        stream,
+                        entry_id: e.id,
+                        env,
+                    },
+                    fields,
+                    attempts,
+                    rounds: vec![],
+                    handler_time: Duration::ZERO,
+                    conflicts: 0,
+                };
+                match letter {
+                    Some(d) => batch.over_limit.push((w, d)),
+                    None => batch.active.push(w),
+                }
+            }
             Err(reason) => batch.dead.push(dead(Reason::Malformed, reason)),
         }
     }
     batch
+}
+
+/// A delivery that reached the commit before may have applied part of the event (a
+/// round on one node, some hash slots in a cluster), so an entry over `max_deliveries`
+/// is dead-lettered only if nothing of it is recorded: a completed one is acknowledged,
+/// a started one runs again (its handler finished before; the commit resumes from what
+/// was recorded) until twice `max_deliveries`. Without this, a crash between a
+/// commit's first write and its XACK, then crashes during the redeliveries, ends with
+/// the event both applied and dead-lettered.
+async fn triage_over_limit(ctx: &GroupContext, from: &str, batch: &mut Batch) {
+    if batch.over_limit.is_empty() {
+        return;
+    }
+    let over = std::mem::take(&mut batch.over_limit);
+    let ids: Vec<&str> = over.iter().map(|(w, _)| w.ev.env.id.as_str()).collect();
+    let memory = match recall(&ctx.redis, ctx.target(from), &ids).await {
+        Ok(m) => m,
+        Err(e) => {
+            // Unknown: leave them pending rather than guess (redelivered later).
+            tracing::warn!(group = %ctx.group.name, stream = from, error = %e, "reading the commit record of entries over max_deliveries failed; they stay pending");
+            batch.report.left_pending += over.len();
+            return;
+        }
+    };
+    let mut acks = vec![];
+    for ((w, letter), m) in over.into_iter().zip(memory) {
+        let limit = 2 * u64::from(ctx.group.max_deliveries);
+        match m {
+            Memory::Done => acks.push(w.ev.entry_id),
+            Memory::Started if w.attempts <= limit => {
+                tracing::info!(group = %ctx.group.name, stream = from, entry = %w.ev.entry_id, attempts = w.attempts, "entry over max_deliveries was committed in part before: finishing it");
+                batch.active.push(w);
+            }
+            _ => batch.dead.push(letter),
+        }
+    }
+    if !acks.is_empty() {
+        let mut a = vec![arg(from), arg(ctx.group.name.as_str())];
+        a.extend(acks.iter().map(|i| arg(i.as_str())));
+        match ctx.redis.cmd("XACK", a).await {
+            Ok(_) => {
+                batch.report.duplicates += acks.len();
+                ctx.metrics
+                    .duplicates
+                    .get_or_create(&batch.labels)
+                    .inc_by(acks.len() as u64);
+            }
+            Err(e) => {
+                tracing::warn!(group = %ctx.group.name, stream = from, error = %e, "acknowledging completed entries failed; they stay pending");
+                batch.report.left_pending += acks.len();
+            }
+        }
+    }
 }
 
 /// Step 2: one handler round for every active event. Returns the steps (in the order of

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use super::encode::{
     Answer, SlotShare, decode_replies, encode_slot_call, parse_reply, progress_round, unsendable,
 };
-use super::{RoundItem, RoundOutcome, Target, done_keys, done_ttl_secs};
+use super::{RoundItem, RoundOutcome, Target, done_keys, done_ttl_secs, started_keys};
 use crate::bus::client::{BusError, Redis, Value, arg, as_array, as_string, keyslot};
 use crate::envelope::now_ms;
 use crate::handlers::Reply;
@@ -72,6 +72,24 @@ pub(super) async fn commit_round_cluster(
         a.extend(items.iter().map(|it| arg(it.event_id)));
         cmds.push(("HMGET", a));
     }
+    // Marks every event as started (its handler ran to the end): an entry that then
+    // reaches max_deliveries before a delivery finishes the commit is finished, not
+    // dead-lettered with some slots applied ([`super::recall`]). In the same round trip.
+    let now = now_ms();
+    let started = started_keys(target.group, target.dedup_ttl, now);
+    let mut mark = vec![arg(started[0].as_str())];
+    for it in items {
+        mark.push(arg(it.event_id));
+        mark.push(arg("S"));
+    }
+    cmds.push(("HSET", mark));
+    cmds.push((
+        "EXPIRE",
+        vec![
+            arg(started[0].as_str()),
+            arg(done_ttl_secs(target.dedup_ttl, now)),
+        ],
+    ));
     let mut replies = redis.pipeline(cmds).await?.into_iter();
     let ours: std::collections::HashSet<String> = replies
         .next()
@@ -82,12 +100,15 @@ pub(super) async fn commit_round_cluster(
         .filter_map(as_string)
         .collect();
     let mut done = vec![false; items.len()];
-    for r in replies {
+    for r in replies.by_ref().take(done_keys.len()) {
         for (i, v) in as_array(r?).unwrap_or_default().iter().enumerate() {
             if as_string(v).as_deref() == Some("D") && i < done.len() {
                 done[i] = true;
             }
         }
+    }
+    for r in replies {
+        r?;
     }
     let mut acks: Vec<&str> = vec![];
     let mut seen_final: std::collections::HashSet<&str> = Default::default();

@@ -29,7 +29,7 @@ pub(crate) use encode::{COMMIT, COMMIT_SLOT};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::client::{BusError, Redis, arg, as_string};
+use super::client::{BusError, Redis, arg, as_array, as_string};
 use crate::envelope::{Envelope, now_ms};
 use crate::handlers::{Op, Reply};
 use encode::{Answer, encode_call, letter_name, parse_reply, unsendable, wants};
@@ -137,6 +137,75 @@ pub fn slot_progress_keys(group: &str, slot: u16, dedup_ttl: Duration) -> [Strin
         dedup_ttl,
         now_ms(),
     )
+}
+
+/// The generations of `group`'s "started" markers in a Redis Cluster (newest first): an
+/// event is marked when a delivery of it reaches the commit, i.e. its handler ran to the
+/// end at least once. Kept like the done markers.
+pub(crate) fn started_keys(group: &str, dedup_ttl: Duration, now_ms: i64) -> [String; 2] {
+    done_keys(&format!("{group}:s"), None, dedup_ttl, now_ms)
+}
+
+/// What the commit protocol remembers of an event (asked for an entry that reached
+/// `max_deliveries`, before it is dead-lettered).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// Completed: its effects are applied and its derived events published; the entry
+    /// only needs acknowledging (a crash came between the done marker and the XACK, or
+    /// the entry is a second copy of a completed event).
+    Done,
+    /// A delivery reached the commit and may have applied part of it (an earlier round on
+    /// one node; some hash slots in a cluster): the handler ran to the end before, so it
+    /// is finished, not dead-lettered half applied.
+    Started,
+    /// Nothing recorded: no delivery ever got as far as committing.
+    Nothing,
+}
+
+/// What is remembered of each of `event_ids` in `target.group` (one pipelined read of
+/// single-key HMGETs: the done-marker generations, and the progress hash on one node or
+/// the started-marker generations in a cluster). Only entries over `max_deliveries` ask,
+/// so this costs nothing on the hot path.
+pub async fn recall(
+    redis: &Redis,
+    target: Target<'_>,
+    event_ids: &[&str],
+) -> Result<Vec<Memory>, BusError> {
+    if event_ids.is_empty() {
+        return Ok(vec![]);
+    }
+    let now = now_ms();
+    let done = done_keys(target.group, None, target.dedup_ttl, now);
+    let started: Vec<String> = if redis.is_cluster() {
+        started_keys(target.group, target.dedup_ttl, now).to_vec()
+    } else {
+        vec![progress_key(target.group)]
+    };
+    let hmget = |k: &str| {
+        let mut a = vec![arg(k)];
+        a.extend(event_ids.iter().map(|id| arg(*id)));
+        ("HMGET", a)
+    };
+    let cmds = done
+        .iter()
+        .chain(started.iter())
+        .map(|k| hmget(k))
+        .collect();
+    let mut out = vec![Memory::Nothing; event_ids.len()];
+    for (n, r) in redis.pipeline(cmds).await?.into_iter().enumerate() {
+        for (i, v) in as_array(r?).unwrap_or_default().iter().enumerate() {
+            let Some(v) = as_string(v) else { continue };
+            if i >= out.len() {
+                break;
+            }
+            if n < done.len() && v == "D" {
+                out[i] = Memory::Done;
+            } else if n >= done.len() && out[i] == Memory::Nothing {
+                out[i] = Memory::Started;
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Reads the current head of every hash chain appended to in this round (one pipelined
