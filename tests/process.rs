@@ -206,7 +206,11 @@ async fn sigterm_during_load_exits_zero_in_time_and_loses_nothing() {
     )
     .await;
     let (st, _) = d.terminate(Duration::from_secs(8));
-    assert!(st.success());
+    assert!(
+        st.success(),
+        "exit 0 on SIGTERM after the restart, got {st:?}\n{}",
+        d.log_text()
+    );
     assert_exactly_once(&url, n, users).await;
 }
 

@@ -501,7 +501,20 @@ impl DaemonProcess {
     }
 
     /// SIGTERM, then waits up to `within`; returns the exit status and how long it took.
+    ///
+    /// Waits first (up to 15 s) until the daemon logged "astra-bus running" or exited: a
+    /// SIGTERM that lands before the process installed its handler (a few ms after spawn,
+    /// longer on a loaded machine) kills it by the default action, which is not what a test
+    /// that asks for a graceful stop means (systemd, too, only stops a started unit). Tests
+    /// whose work was already done when the daemon started hit that window.
     pub fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let wait = Instant::now();
+        while wait.elapsed() < Duration::from_secs(15)
+            && !self.log_text().contains("astra-bus running")
+            && self.child.try_wait().expect("wait").is_none()
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let start = Instant::now();
         self.signal("-TERM");
         loop {
