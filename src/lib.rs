@@ -45,6 +45,7 @@ pub mod events;
 pub mod group;
 pub mod handler;
 pub mod handlers;
+pub mod health;
 pub mod kpi;
 pub mod logging;
 pub mod metrics;
