@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, json as json_response};
 use super::{Class, Edge, RequestCtx};
-use crate::bus::query::{Reads, Replies};
+use crate::bus::query::{Reads, Replies, Slot};
 use crate::config::valid_user_id;
 use crate::handlers::gamification::{self as gm, Board};
 use crate::handlers::{social, user};
@@ -70,6 +70,16 @@ fn path_user(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError>
 async fn round(edge: &Edge, reads: Reads) -> Result<Replies, ApiError> {
     let redis = edge.redis()?;
     reads.send(redis).await.map_err(|e| ApiError::redis(&e))
+}
+
+/// A round of one read: the answer of the read `queue` puts in it.
+async fn read_one<T>(
+    edge: &Edge,
+    queue: impl FnOnce(&mut Reads) -> Slot<T>,
+) -> Result<T, ApiError> {
+    let mut reads = Reads::new();
+    let slot = queue(&mut reads);
+    Ok(round(edge, reads).await?.get(&slot))
 }
 
 /// `GET /api/v1/gamification/user/{id}/profile`: profile, XP, level, achievements and
@@ -171,11 +181,8 @@ pub async fn leaderboard(
     };
     let admitted = edge.limit(&ctx, &caller, &["gamification"], 1).await?;
     let key = gm::board_key(board.as_str(), &period);
-    let mut reads = Reads::new();
-    let top = reads.top_n(&key, limit);
-    let r = round(&edge, reads).await?;
-    let entries: Vec<Value> = r
-        .get(&top)
+    let top = read_one(&edge, |r| r.top_n(&key, limit)).await?;
+    let entries: Vec<Value> = top
         .into_iter()
         .map(|(rank, user, score)| json!({"rank": rank, "user_id": user, "xp": score as i64}))
         .collect();
@@ -225,11 +232,8 @@ pub async fn feed(
         }
     };
     let admitted = edge.limit(&ctx, &caller, &["social"], 1).await?;
-    let mut reads = Reads::new();
-    let head = reads.list_head(&key, limit);
-    let r = round(&edge, reads).await?;
-    let items: Vec<Value> = r
-        .get(&head)
+    let head = read_one(&edge, |r| r.list_head(&key, limit)).await?;
+    let items: Vec<Value> = head
         .into_iter()
         .map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s)))
         .collect();
