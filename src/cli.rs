@@ -598,21 +598,8 @@ async fn run_daemon(cli: &Cli, role: &str) -> anyhow::Result<ExitCode> {
 }
 
 async fn tail(redis: &Redis, stream: &str, last: usize, follow: bool) -> anyhow::Result<()> {
-    use crate::bus::client::{arg, parse_entries, parse_read_reply};
-    let v = redis
-        .cmd(
-            "XREVRANGE",
-            vec![
-                arg(stream),
-                arg("+"),
-                arg("-"),
-                arg("COUNT"),
-                arg(last as i64),
-            ],
-        )
-        .await?;
-    let mut entries = parse_entries(v);
-    entries.reverse();
+    use crate::bus::query::{stream_read_after, stream_tail};
+    let entries = stream_tail(redis, stream, last).await?;
     let mut after = entries
         .last()
         .map(|e| e.id.clone())
@@ -625,28 +612,14 @@ async fn tail(redis: &Redis, stream: &str, last: usize, follow: bool) -> anyhow:
     }
     let conn = redis.dedicated().await?;
     loop {
-        let read = conn.blocking_cmd(
-            "XREAD",
-            5, // the stream key (routes the read in a cluster)
-            vec![
-                arg("COUNT"),
-                arg(100),
-                arg("BLOCK"),
-                arg(5000),
-                arg("STREAMS"),
-                arg(stream),
-                arg(after.as_str()),
-            ],
-        );
-        let v = tokio::select! {
-            v = read => v?,
+        let read = stream_read_after(&conn, stream, &after, 100, 5000);
+        let es = tokio::select! {
+            es = read => es?,
             _ = tokio::signal::ctrl_c() => return Ok(()),
         };
-        for (_, es) in parse_read_reply(v) {
-            for e in es {
-                println!("{}", describe_entry(stream, &e));
-                after = e.id.clone();
-            }
+        for e in es {
+            println!("{}", describe_entry(stream, &e));
+            after = e.id.clone();
         }
     }
 }

@@ -1,5 +1,18 @@
 //! astra-bus: Redis Streams as a dependable event bus.
 //!
+//! Where things live:
+//!
+//! - a handler: `handlers/<domain>/<name>.rs` is the handler `<domain>.<name>` with its
+//!   unit tests, bound to its name in `handlers/registry.rs`;
+//! - a metric: declared and registered in `metrics.rs` (one place for every exported
+//!   metric, with the methods that update it), called where things happen (the delivery
+//!   engine, the edge) and from the health snapshot (`health.rs`);
+//! - a route: `edge/mod.rs` builds the router; each route's handler is in `edge/publish.rs`,
+//!   `edge/reads.rs`, `edge/ops.rs` or `edge/console.rs` (the table in [`edge`]);
+//! - a Redis call: only under `bus/`; the edge and the CLI read through the typed
+//!   functions of `bus/query.rs`; every Lua script is in `bus/` too, in or beside the Rust
+//!   that calls it.
+//!
 //! Module map:
 //!
 //! - [`envelope`]: the flat stream-entry format every event uses, stream names, derived-event
@@ -9,7 +22,9 @@
 //! - [`group`]: one consumer group's resolved settings ([`group::GroupConfig`]) and their
 //!   defaults.
 //! - [`handler`]: the handler interface (decide, don't commit): `Event`, `Op`, `Reply`,
-//!   `Step`, `Emit`, `HandlerError`, the `Handler` trait. Shared by `handlers` and `bus`.
+//!   `Step`, `Emit`, `HandlerError`, the `Handler` trait, and `COMMANDS`, the one list of
+//!   commands an op may use (the commit scripts' table is generated from it). Shared by
+//!   `handlers` and `bus`.
 //! - [`handlers`]: the domain handlers, one file each: `handlers/<domain>/<name>.rs` is
 //!   the handler `<domain>.<name>` with its unit tests (e.g.
 //!   `handlers/gamification/xp_processing.rs`); `handlers/builtin/` the generic ones;
@@ -18,11 +33,14 @@
 //! - [`config`]: the topology as TOML (`streams.toml`, `consumer-groups/*.toml`), validated
 //!   with file:line:col diagnostics: `raw.rs` (the TOML), `model.rs` (validated, with the
 //!   defaults), `validate/` (one file per section), `env.rs`, `url.rs`, `load.rs`.
-//! - [`bus`]: everything that talks to Redis: the client wrapper, declaration, consuming,
-//!   the commit protocol, reclaiming, dead letters, publishing, retention, status.
-//! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
+//! - [`health`]: the health snapshot as plain data (per-group status, stream lengths, KPI
+//!   inputs) and the dead-letter reasons, read by `bus::status`, exported by `metrics`.
 //! - [`kpi`]: business KPIs computed from the analytics counters in Redis.
 //! - [`metrics`]: every exported metric, in one place.
+//! - [`bus`]: everything that talks to Redis: the client wrapper, declaration, consuming,
+//!   the commit protocol, reclaiming, dead letters, publishing, retention, status, and
+//!   `query` (typed reads for the edge and the CLI).
+//! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
 //! - [`edge`]: the HTTP edge (publish API, projection reads, `/health`, `/ready`,
 //!   `/metrics`, `/dashboard`, the operator's console at `/console`, API keys, rate
 //!   limits, idempotency).
@@ -31,9 +49,13 @@
 //! - [`logging`]: text or JSON-lines logs.
 //! - [`cli`]: the `astra-bus` command line.
 
-// The bottom layer (`envelope`, `events`, `calendar`, `group`, `handler`) imports nothing
-// above it; `handlers` builds on it, `config` validates handler names through
-// `handlers::Registry`, and `bus`, `daemon`, `edge` and `cli` sit on top.
+// Imports point one way (`tests/layers.rs` checks it, naming file:line, and that the graph
+// has no cycle): the bottom (`envelope`, `events`, `calendar`, `group`, `handler`,
+// `shutdown`, `logging`, `watchdog`) imports nothing above it; `handlers` only the bottom;
+// `config` the bottom and `handlers::Registry` (handler-name validation; one way:
+// `handlers` never imports `config`); `metrics`, `kpi` and `health` the bottom and
+// `handlers`' field names; `bus` all of those; `daemon`, `edge` and `cli` sit on top, and
+// only they import each other. Only `bus` names `fred` or builds a Redis command.
 pub mod bus;
 pub mod calendar;
 pub mod cli;
@@ -45,6 +67,7 @@ pub mod events;
 pub mod group;
 pub mod handler;
 pub mod handlers;
+pub mod health;
 pub mod kpi;
 pub mod logging;
 pub mod metrics;

@@ -424,7 +424,7 @@ impl Metrics {
     }
 
     /// Records a health snapshot read from Redis.
-    pub fn record_health(&self, snap: &crate::bus::status::Snapshot) {
+    pub fn record_health(&self, snap: &crate::health::Snapshot) {
         for (stream, len) in &snap.streams {
             self.stream_length
                 .get_or_create(&StreamLabel {
@@ -513,7 +513,7 @@ impl Metrics {
         ] {
             drop(f.get_or_create(&l));
         }
-        use crate::bus::deadletter::Reason;
+        use crate::health::Reason;
         for reason in [
             Reason::Malformed,
             Reason::Poison,

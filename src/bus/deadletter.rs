@@ -51,30 +51,7 @@ pub const DEAD_LETTER_COUNTS: &str = "astra:dlq:counts";
 /// Originals with more fields than this are stored packed in one `dlq_fields` field.
 pub const MAX_PLAIN_FIELDS: usize = 256;
 
-/// Why an entry was dead-lettered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// The entry is not a valid envelope.
-    Malformed,
-    /// The handler declared the event poison.
-    Poison,
-    /// Delivered `max_deliveries` times without success.
-    MaxDeliveries,
-    /// A precondition or an op failed while being applied.
-    Failed,
-}
-
-impl Reason {
-    /// The `dlq_reason` value.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Reason::Malformed => "malformed",
-            Reason::Poison => "poison",
-            Reason::MaxDeliveries => "max_deliveries",
-            Reason::Failed => "failed",
-        }
-    }
-}
+pub use crate::health::Reason;
 
 /// One entry to dead-letter.
 #[derive(Debug, Clone)]

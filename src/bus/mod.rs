@@ -1,5 +1,6 @@
 //! Redis Streams plumbing: the client wrapper, topology declaration, the delivery engine
-//! (consume → handle → commit), reclaiming, dead letters, publishing and retention.
+//! (consume → handle → commit), reclaiming, dead letters, publishing and retention, and
+//! [`query`]: the typed reads the edge and the CLI use instead of raw commands.
 
 pub mod audit;
 pub mod client;
@@ -10,6 +11,7 @@ pub mod declare;
 pub mod dlq;
 pub mod idempotent;
 pub mod publish;
+pub mod query;
 pub mod ratelimit;
 pub mod reader;
 pub mod reclaim;

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, json as json_response};
 use super::{Edge, RequestCtx};
-use crate::bus::client::{arg, as_int};
+use crate::bus::query;
 
 /// Content type of the OpenMetrics text exposition (prometheus-client's format).
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -46,23 +46,15 @@ pub async fn ready(
         return Err(not_ready("the topology is not declared yet".into()));
     }
     let readers = edge.config.readers();
-    let mut cmds = vec![("PING", vec![])];
-    for s in readers.keys() {
-        cmds.push(("XINFO", vec![arg("GROUPS"), arg(*s)]));
-    }
-    let replies = redis
-        .pipeline(cmds)
+    let streams: Vec<&str> = readers.keys().copied().collect();
+    let (ping, on_streams) = query::ping_and_groups(redis, &streams)
         .await
         .map_err(|e| not_ready(format!("Redis is not reachable: {e}")))?;
-    let mut replies = replies.into_iter();
-    if let Some(Err(e)) = replies.next() {
+    if let Err(e) = ping {
         return Err(not_ready(format!("Redis does not answer PING: {e}")));
     }
     let mut missing = vec![];
-    for ((stream, groups), reply) in readers.iter().zip(replies) {
-        let have = reply
-            .map(crate::bus::declare::group_names)
-            .unwrap_or_default();
+    for ((stream, groups), have) in readers.iter().zip(on_streams) {
         for g in groups {
             if !have.contains(&g.name) {
                 missing.push(format!("{} on {stream}", g.name));
@@ -253,14 +245,13 @@ pub async fn streams(
 ) -> Result<Response, ApiError> {
     edge.authenticate_ops(&ctx, &headers).await?;
     let redis = edge.redis()?;
-    let cmds = edge
+    let names: Vec<&str> = edge
         .config
         .streams
         .iter()
-        .map(|s| ("XLEN", vec![arg(s.name.as_str())]))
+        .map(|s| s.name.as_str())
         .collect();
-    let lens = redis
-        .pipeline(cmds)
+    let lens = query::stream_lengths(redis, &names)
         .await
         .map_err(|e| ApiError::redis(&e))?;
     let readers = edge.config.readers();
@@ -280,7 +271,7 @@ pub async fn streams(
                 "version": s.version,
                 "external": s.external,
                 "description": s.description,
-                "length": len.ok().as_ref().and_then(as_int),
+                "length": len,
                 "groups": groups,
                 "publish": s.external.then(|| format!("POST /v1/events/{}", s.name)),
             })

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, json as json_response};
 use super::{Class, Edge, RequestCtx};
-use crate::bus::client::{Value as RValue, arg, as_array, as_int, as_pairs, as_string};
+use crate::bus::query::{Reads, Replies, Slot};
 use crate::config::valid_user_id;
 use crate::handlers::gamification::{self as gm, Board};
 use crate::handlers::{social, user};
@@ -66,19 +66,20 @@ fn path_user(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError>
     Ok(id)
 }
 
-async fn round(
-    edge: &Edge,
-    cmds: Vec<(&'static str, Vec<RValue>)>,
-) -> Result<Vec<RValue>, ApiError> {
+/// Sends one request's reads in one round; any failed read fails the request.
+async fn round(edge: &Edge, reads: Reads) -> Result<Replies, ApiError> {
     let redis = edge.redis()?;
-    let replies = redis
-        .pipeline(cmds)
-        .await
-        .map_err(|e| ApiError::redis(&e))?;
-    replies
-        .into_iter()
-        .map(|r| r.map_err(|e| ApiError::redis(&e)))
-        .collect()
+    reads.send(redis).await.map_err(|e| ApiError::redis(&e))
+}
+
+/// A round of one read: the answer of the read `queue` puts in it.
+async fn read_one<T>(
+    edge: &Edge,
+    queue: impl FnOnce(&mut Reads) -> Slot<T>,
+) -> Result<T, ApiError> {
+    let mut reads = Reads::new();
+    let slot = queue(&mut reads);
+    Ok(round(edge, reads).await?.get(&slot))
 }
 
 /// `GET /api/v1/gamification/user/{id}/profile`: profile, XP, level, achievements and
@@ -95,37 +96,35 @@ pub async fn profile(
     query(q, &[])?;
     let admitted = edge.limit(&ctx, &caller, &["gamification"], 1).await?;
     let now = crate::envelope::now_ms();
-    let mut cmds = vec![
-        ("HGETALL", vec![arg(user::profile_key(&id))]),
-        ("HGET", vec![arg(gm::xp_key()), arg(id.as_str())]),
-        ("SMEMBERS", vec![arg(gm::achievements_key(&id))]),
-    ];
-    for b in Board::ALL {
-        cmds.push(("ZREVRANK", vec![arg(b.key_at(now)), arg(id.as_str())]));
-        cmds.push(("ZSCORE", vec![arg(b.key_at(now)), arg(id.as_str())]));
-    }
-    let r = round(&edge, cmds).await?;
-    let profile: HashMap<String, RValue> = as_pairs(r[0].clone()).into_iter().collect();
-    let xp = as_int(&r[1]);
+    let mut reads = Reads::new();
+    let profile = reads.hash_all(&user::profile_key(&id));
+    let xp = reads.hash_int(&gm::xp_key(), &id);
+    let achievements = reads.set_members(&gm::achievements_key(&id));
+    let on_boards: Vec<_> = Board::ALL
+        .iter()
+        .map(|b| {
+            let key = b.key_at(now);
+            (reads.rank_from_top(&key, &id), reads.score(&key, &id))
+        })
+        .collect();
+    let r = round(&edge, reads).await?;
+    let profile = r.get(&profile);
+    let xp = r.get(&xp);
     if profile.is_empty() && xp.is_none() {
         return Err(ApiError::not_found(
             "unknown_user",
             format!("no profile or XP for user {id:?} (yet: events are processed asynchronously)"),
         ));
     }
-    let text = |f: &str| profile.get(f).and_then(as_string);
-    let int = |f: &str| profile.get(f).and_then(as_int);
+    let text = |f: &str| profile.get(f).cloned();
+    let int = |f: &str| profile.get(f).and_then(|v| v.parse::<i64>().ok());
     let xp = xp.or_else(|| int(user::FIELD_XP)).unwrap_or(0);
-    let mut achievements: Vec<String> = as_array(r[2].clone())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(as_string)
-        .collect();
+    let mut achievements = r.get(&achievements);
     achievements.sort();
     let mut boards = serde_json::Map::new();
-    for (i, b) in Board::ALL.iter().enumerate() {
-        let rank = as_int(&r[3 + 2 * i]).map(|r| r + 1);
-        let score = as_string(&r[4 + 2 * i]).and_then(|s| s.parse::<f64>().ok());
+    for (b, (rank, score)) in Board::ALL.iter().zip(&on_boards) {
+        let rank = r.get(rank).map(|r| r + 1);
+        let score = r.get(score);
         boards.insert(
             b.as_str().to_string(),
             json!({"period": b.period(now), "rank": rank, "xp": score.map(|s| s as i64)}),
@@ -182,23 +181,10 @@ pub async fn leaderboard(
     };
     let admitted = edge.limit(&ctx, &caller, &["gamification"], 1).await?;
     let key = gm::board_key(board.as_str(), &period);
-    let r = round(
-        &edge,
-        vec![(
-            "ZREVRANGE",
-            vec![arg(key), arg(0), arg(limit as i64 - 1), arg("WITHSCORES")],
-        )],
-    )
-    .await?;
-    let flat = as_array(r[0].clone()).unwrap_or_default();
-    let entries: Vec<Value> = flat
-        .chunks(2)
-        .enumerate()
-        .filter_map(|(i, pair)| {
-            let user = as_string(pair.first()?)?;
-            let score = as_string(pair.get(1)?)?.parse::<f64>().ok()?;
-            Some(json!({"rank": i + 1, "user_id": user, "xp": score as i64}))
-        })
+    let top = read_one(&edge, |r| r.top_n(&key, limit)).await?;
+    let entries: Vec<Value> = top
+        .into_iter()
+        .map(|(rank, user, score)| json!({"rank": rank, "user_id": user, "xp": score as i64}))
         .collect();
     let body = json!({"board": board.as_str(), "period": period, "entries": entries});
     Ok(admitted.apply(json_response(StatusCode::OK, body)))
@@ -246,15 +232,9 @@ pub async fn feed(
         }
     };
     let admitted = edge.limit(&ctx, &caller, &["social"], 1).await?;
-    let r = round(
-        &edge,
-        vec![("LRANGE", vec![arg(key), arg(0), arg(limit as i64 - 1)])],
-    )
-    .await?;
-    let items: Vec<Value> = as_array(r[0].clone())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(as_string)
+    let head = read_one(&edge, |r| r.list_head(&key, limit)).await?;
+    let items: Vec<Value> = head
+        .into_iter()
         .map(|s| serde_json::from_str(&s).unwrap_or(Value::String(s)))
         .collect();
     let body = json!({

@@ -680,6 +680,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_scripts_command_table_is_generated_from_the_rust_one() {
+        let mut want: Vec<&str> = crate::handlers::allowed_commands()
+            .filter(|c| *c != "CHAINAPPEND")
+            .collect();
+        want.push("CHAINCAS");
+        for body in [include_str!("commit.lua"), include_str!("commit_slot.lua")] {
+            let src = with_prelude(body);
+            assert!(!src.contains("@CMDS@"), "the placeholder is left unfilled");
+            let table = src
+                .lines()
+                .find_map(|l| l.strip_prefix("local CMDS = "))
+                .expect("the prelude's CMDS table");
+            let got: Vec<&str> = table
+                .trim_start_matches("{ ")
+                .trim_end_matches(" }")
+                .split(", ")
+                .map(|c| c.trim_matches('\''))
+                .collect();
+            // Every command, in code order: the script reads CMDS[code].
+            assert_eq!(got, want);
+            for (i, c) in want.iter().enumerate() {
+                assert_eq!(command_code(c) as usize, i + 1, "{c}");
+            }
+        }
+    }
+
+    #[test]
     fn derived_events_of_one_kind_share_a_template() {
         let src = Envelope::root(
             "test.a",
