@@ -23,6 +23,8 @@
 //! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
 //! - [`kpi`]: business KPIs computed from the analytics counters in Redis.
 //! - [`metrics`]: every exported metric, in one place.
+//! - [`catalog`]: the topology as an AsyncAPI 3.0 document and payload JSON Schemas
+//!   (`astra-bus catalog`, `/asyncapi.json`; no Redis).
 //! - [`edge`]: the HTTP edge (publish API, projection reads, `/health`, `/ready`,
 //!   `/metrics`, `/dashboard`, the operator's console at `/console`, API keys, rate
 //!   limits, idempotency).
@@ -36,6 +38,7 @@
 // `handlers::Registry`, and `bus`, `daemon`, `edge` and `cli` sit on top.
 pub mod bus;
 pub mod calendar;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
