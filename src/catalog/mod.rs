@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::{Config, StreamConfig};
 
-pub use schemas::{dead_letter_headers, derived_streams, envelope_headers, payload};
+pub use schemas::{dead_letter_headers, envelope_headers, payload};
 
 /// The AsyncAPI version of [`asyncapi`].
 pub const ASYNCAPI_VERSION: &str = "3.0.0";

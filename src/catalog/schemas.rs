@@ -20,7 +20,7 @@ use crate::events::{self, schema, streams};
 /// A derived event: its stream, the struct's fields, and notes for some of them.
 struct Derived {
     stream: &'static str,
-    fields: fn() -> Result<Vec<(&'static str, Ty)>, serde::de::value::Error>,
+    fields: fn() -> trace::Traced,
     notes: &'static [(&'static str, &'static str)],
 }
 
@@ -262,11 +262,6 @@ pub fn envelope_headers(s: &StreamConfig) -> Value {
                    "default": "application/msgpack", "description": "encoding of data"},
         },
     })
-}
-
-/// Every derived stream this binary has a struct for.
-pub fn derived_streams() -> impl Iterator<Item = &'static str> {
-    DERIVED.iter().map(|d| d.stream)
 }
 
 #[cfg(test)]

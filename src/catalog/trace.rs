@@ -28,8 +28,11 @@ pub enum Ty {
     Map(Box<Ty>),
 }
 
+/// The fields of a struct, in declaration order, or why they cannot be described.
+pub type Traced = Result<Vec<(&'static str, Ty)>, Error>;
+
 /// The fields of `T` (a struct with named fields) in declaration order.
-pub fn fields<T: DeserializeOwned>() -> Result<Vec<(&'static str, Ty)>, Error> {
+pub fn fields<T: DeserializeOwned>() -> Traced {
     let mut out = vec![];
     T::deserialize(Top { out: &mut out })?;
     Ok(out)
