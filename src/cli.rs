@@ -366,6 +366,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let value: serde_json::Value = serde_json::from_str(json)
                 .with_context(|| format!("payload is not valid JSON: {json}"))?;
             crate::events::validate_json(stream, &value)
+                .and_then(|()| {
+                    s.schema
+                        .as_ref()
+                        .map_or(Ok(()), |c| c.check(&value).map_err(|e| e.to_string()))
+                })
                 .map_err(|e| anyhow::anyhow!("payload does not match {stream}: {e}"))?;
             let data = rmp_serde::to_vec_named(&value).context("encoding the payload")?;
             let env = Envelope::root(

@@ -72,7 +72,23 @@ fn stream_payload(cfg: &Config, s: &StreamConfig) -> Value {
     if is_dead_letter(cfg, s) {
         return json!({"description": "A dead letter's `data` is the original entry's, unchanged (any payload)"});
     }
-    payload(&s.name, &[])
+    payload_of(s, &[])
+}
+
+/// The payload schema of `s`: the one its `schema` file declares (as written, without
+/// `$schema` and `$id`), else [`payload`]'s.
+pub fn payload_of(s: &StreamConfig, optional: &[&str]) -> Value {
+    match &s.schema {
+        Some(custom) => {
+            let mut v = custom.source.clone();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("$schema");
+                o.remove("$id");
+            }
+            v
+        }
+        None => payload(&s.name, optional),
+    }
 }
 
 /// `key` as a JSON pointer segment (stream names never hold `~` or `/`, but a pointer

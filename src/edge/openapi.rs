@@ -10,7 +10,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::catalog;
-use crate::config::{AuthMode, Config};
+use crate::config::{AuthMode, Config, StreamConfig};
 
 const VISIBLE: &str = "^[!-~]+$";
 
@@ -170,8 +170,8 @@ fn envelope_schema(stream: &str, event_type: &str, v: u32, data: Value, cfg: &Co
 /// A payload schema in this document's dialect: the catalog's (`/asyncapi.json`'s
 /// `components.schemas`, draft-07) converted to OpenAPI 3.0's. `optional`: required
 /// fields the route fills when absent.
-fn payload_schema(stream: &str, optional: &[&str]) -> Value {
-    catalog::openapi_30(&catalog::payload(stream, optional))
+fn payload_schema(s: &StreamConfig, optional: &[&str]) -> Value {
+    catalog::openapi_30(&catalog::payload_of(s, optional))
 }
 
 fn published() -> Value {
@@ -186,7 +186,7 @@ pub fn document_for(cfg: &Config) -> Value {
     let mut batch_items = vec![];
     let mut schemas = Map::new();
     for s in cfg.streams.iter().filter(|s| s.external) {
-        let mut schema = payload_schema(&s.name, &[]);
+        let mut schema = payload_schema(s, &[]);
         if let Some(d) = schema["description"].as_str() {
             schema["description"] = format!(
                 "{d} (the schema of /asyncapi.json#/components/schemas/{})",
@@ -218,18 +218,18 @@ pub fn document_for(cfg: &Config) -> Value {
         json!({"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": published()}}}),
         keyed,
     )}));
-    if cfg.stream(crate::events::streams::TRADE_EXECUTED).is_some() {
+    if let Some(s) = cfg.stream(crate::events::streams::TRADE_EXECUTED) {
         paths.insert("/api/v1/trading/execute".into(), json!({"post": publish_op(
             "Seed route: publish astra.trading.trade_executed.v1 (trade_id generated when absent; user_id may be left out by a key with a fixed user)",
-            json_only(payload_schema(crate::events::streams::TRADE_EXECUTED, &["trade_id"])),
+            json_only(payload_schema(s, &["trade_id"])),
             json!({"allOf": [published(), {"type": "object", "required": ["trade_id", "status"], "properties": {"trade_id": {"type": "string"}, "status": {"type": "string"}}}]}),
             keyed,
         )}));
     }
-    if cfg.stream(crate::events::streams::REGISTERED).is_some() {
+    if let Some(s) = cfg.stream(crate::events::streams::REGISTERED) {
         paths.insert("/api/v1/users/register".into(), json!({"post": publish_op(
             "Seed route: publish astra.user.registered.v1 (user_id generated when absent and returned; a replay returns the same one)",
-            json_only(payload_schema(crate::events::streams::REGISTERED, &["user_id"])),
+            json_only(payload_schema(s, &["user_id"])),
             json!({"allOf": [published(), {"type": "object", "required": ["user_id", "status"], "properties": {"user_id": {"type": "string"}, "status": {"type": "string"}}}]}),
             keyed,
         )}));
