@@ -84,6 +84,18 @@ pub enum Command {
     /// Example: ASTRA_REDIS_URL=redis://astra-admin@127.0.0.1:6379 astra-bus declare
     Declare,
 
+    /// Print the event catalog: the topology as an AsyncAPI 3.0.0 document (streams as
+    /// channels, groups' reads and publishes as operations, every payload's JSON Schema),
+    /// or `--format jsonschema`: `{stream: payload schema}`. Reads only the config (no
+    /// Redis); `GET /asyncapi.json` serves the same document.
+    ///
+    /// Example: astra-bus catalog --config /etc/astra-bus > asyncapi.json
+    Catalog {
+        /// `asyncapi` (AsyncAPI 3.0.0) or `jsonschema` (draft-07 schemas by stream).
+        #[arg(long, value_enum, default_value = "asyncapi")]
+        format: crate::catalog::Format,
+    },
+
     /// Print this binary's Redis function library (the code `declare` loads), for an admin
     /// who loads it by hand: `astra-bus functions | redis-cli -x FUNCTION LOAD REPLACE`.
     Functions,
@@ -328,6 +340,10 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             redis.quit().await;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Catalog { format } => {
+            print!("{}", crate::catalog::render(&load(&cli)?, *format));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Functions => {
             print!("{}", crate::bus::script::library().code);
             Ok(ExitCode::SUCCESS)
@@ -350,6 +366,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let value: serde_json::Value = serde_json::from_str(json)
                 .with_context(|| format!("payload is not valid JSON: {json}"))?;
             crate::events::validate_json(stream, &value)
+                .and_then(|()| {
+                    s.schema
+                        .as_ref()
+                        .map_or(Ok(()), |c| c.check(&value).map_err(|e| e.to_string()))
+                })
                 .map_err(|e| anyhow::anyhow!("payload does not match {stream}: {e}"))?;
             let data = rmp_serde::to_vec_named(&value).context("encoding the payload")?;
             let env = Envelope::root(

@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod custom;
 pub mod schema;
 
 /// Stream names of the shipped topology.
@@ -33,6 +34,31 @@ pub mod streams {
     pub const PROFILE_UPDATED: &str = "astra.user.profile_updated.v1";
     pub const NOTIFICATION_REQUESTED: &str = "astra.user.notification_requested.v1";
     pub const DEAD_LETTER: &str = "astra.bus.dead_letter.v1";
+
+    /// Every stream whose payload this binary knows (a contract, a struct, or the
+    /// dead-letter entry).
+    pub const ALL: [&str; 20] = [
+        TRADE_EXECUTED,
+        POSITION_UPDATED,
+        RISK_ALERT,
+        XP_AWARDED,
+        LEVEL_UP,
+        LEADERBOARD_UPDATED,
+        ACHIEVEMENT_UNLOCKED,
+        INTERACTION,
+        FEED_ITEM_POSTED,
+        CLAN_SCORE_UPDATED,
+        INFLUENCE_UPDATED,
+        SUBSCRIPTION_CHANGED,
+        REVENUE_RECORDED,
+        COMPLIANCE_FLAGGED,
+        SALE_COMPLETED,
+        REWARD_ISSUED,
+        REGISTERED,
+        PROFILE_UPDATED,
+        NOTIFICATION_REQUESTED,
+        DEAD_LETTER,
+    ];
 }
 
 /// USD (a JSON number) to integer cents, rounded half away from zero. Rejects NaN,

@@ -41,6 +41,8 @@
 //!   the commit protocol, reclaiming, dead letters, publishing, retention, status, and
 //!   `query` (typed reads for the edge and the CLI).
 //! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
+//! - [`catalog`]: the topology as an AsyncAPI 3.0 document and payload JSON Schemas
+//!   (`astra-bus catalog`, `/asyncapi.json`; no Redis).
 //! - [`edge`]: the HTTP edge (publish API, projection reads, `/health`, `/ready`,
 //!   `/metrics`, `/dashboard`, the operator's console at `/console`, API keys, rate
 //!   limits, idempotency).
@@ -58,6 +60,7 @@
 // only they import each other. Only `bus` names `fred` or builds a Redis command.
 pub mod bus;
 pub mod calendar;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -719,9 +719,9 @@ async fn every_documented_route_answers() {
     let doc = http(port, "GET", "/openapi.json", &[], b"").await.json();
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
-    // 14 routes; the publish route once per external stream (5), the board route per board
+    // 15 routes; the publish route once per external stream (5), the board route per board
     // (3); the console's 8.
-    assert_eq!(paths.len(), 28, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 29, "{:?}", paths.keys());
     wait_until(Duration::from_secs(10), "a health snapshot", || async {
         http(port, "GET", "/dashboard", &[], b"").await.status == 200
     })

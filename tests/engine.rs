@@ -384,6 +384,7 @@ async fn retention_never_trims_what_a_group_still_needs() {
         external: false,
         max_len: Some(10),
         max_age: Some(Duration::from_secs(1)),
+        schema: None,
     };
     redis
         .cmd(

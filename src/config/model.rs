@@ -207,6 +207,9 @@ pub struct StreamConfig {
     /// Maximum entry age, if bounded by age (none unless `max_age` or `retention.max_age`
     /// is set).
     pub max_age: Option<Duration>,
+    /// The payload's JSON Schema from the stream's `schema` file (streams this binary has
+    /// no contract for), enforced by the edge and `publish`, exported by the catalog.
+    pub schema: Option<std::sync::Arc<crate::events::custom::CustomSchema>>,
 }
 
 impl StreamConfig {

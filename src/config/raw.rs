@@ -118,6 +118,8 @@ pub(super) struct RawStream {
     pub(super) max_len: Option<Spanned<i64>>,
     /// Maximum entry age (overrides the retention default).
     pub(super) max_age: Option<Spanned<String>>,
+    /// A JSON Schema file for the payload (relative to the config dir).
+    pub(super) schema: Option<Spanned<String>>,
 }
 
 /// `consumer-groups/<domain>.toml`.

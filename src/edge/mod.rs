@@ -4,7 +4,7 @@
 //! |---|---|
 //! | [`publish`] | `POST /v1/events/{stream}`, `POST /v1/events`, `POST /api/v1/trading/execute`, `POST /api/v1/users/register` |
 //! | [`reads`] | `GET /api/v1/gamification/user/{id}/profile`, `GET /api/v1/gamification/leaderboard/{board}`, `GET /api/v1/social/feed` |
-//! | [`ops`] | `GET /health`, `/ready`, `/metrics`, `/dashboard`, `/v1/streams`, `/v1/groups`, `/openapi.json` |
+//! | [`ops`] | `GET /health`, `/ready`, `/metrics`, `/dashboard`, `/v1/streams`, `/v1/groups`, `/openapi.json`, `/asyncapi.json` |
 //! | [`console`] | `GET /console` (the operator's console) and its `/console/api` |
 //!
 //! Cross-cutting concerns are layers around every route, not code in each handler:
@@ -460,6 +460,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Edge>>)> {
         (Method::GET, "/v1/streams", get(ops::streams)),
         (Method::GET, "/v1/groups", get(ops::groups)),
         (Method::GET, "/openapi.json", get(ops::openapi)),
+        (Method::GET, "/asyncapi.json", get(ops::asyncapi)),
     ];
     r.extend(console::routes());
     r

@@ -1,14 +1,16 @@
 //! The OpenAPI 3 document of every route, served at `GET /openapi.json` for the running
 //! configuration: which routes need a key (`security`), the JSON Schema of every public
-//! payload (from [`crate::events::schema`], the same tables the edge enforces), the header
+//! payload (the event catalog's, [`crate::catalog`], built from the same tables the edge
+//! enforces, under `components.schemas` by stream name and referenced from the publish
+//! routes; `/asyncapi.json` carries them in draft-07's dialect), the header
 //! constraints, and every status a route answers. Routes templated by a fixed set (the
 //! external streams, the boards) are documented per member, so each carries its exact
 //! schema. A unit test checks the document covers exactly the router's routes.
 
 use serde_json::{Map, Value, json};
 
-use crate::config::{AuthMode, Config};
-use crate::events::schema;
+use crate::catalog;
+use crate::config::{AuthMode, Config, StreamConfig};
 
 const VISIBLE: &str = "^[!-~]+$";
 
@@ -165,13 +167,11 @@ fn envelope_schema(stream: &str, event_type: &str, v: u32, data: Value, cfg: &Co
     })
 }
 
-fn payload_schema(stream: &str, optional: &[&str]) -> Value {
-    match schema::payload(stream) {
-        Some(p) => p.json_schema(optional),
-        None => {
-            json!({"type": "object", "description": "Any JSON object (no contract known to this binary)"})
-        }
-    }
+/// A payload schema in this document's dialect: the catalog's (`/asyncapi.json`'s
+/// `components.schemas`, draft-07) converted to OpenAPI 3.0's. `optional`: required
+/// fields the route fills when absent.
+fn payload_schema(s: &StreamConfig, optional: &[&str]) -> Value {
+    catalog::openapi_30(&catalog::payload_of(s, optional))
 }
 
 fn published() -> Value {
@@ -184,8 +184,18 @@ pub fn document_for(cfg: &Config) -> Value {
     let ops_keyed = cfg.edge.ops_keyed();
     let mut paths = Map::new();
     let mut batch_items = vec![];
+    let mut schemas = Map::new();
     for s in cfg.streams.iter().filter(|s| s.external) {
-        let data = payload_schema(&s.name, &[]);
+        let mut schema = payload_schema(s, &[]);
+        if let Some(d) = schema["description"].as_str() {
+            schema["description"] = format!(
+                "{d} (the schema of /asyncapi.json#/components/schemas/{})",
+                s.name
+            )
+            .into();
+        }
+        schemas.insert(s.name.clone(), schema);
+        let data = json!({"$ref": format!("#/components/schemas/{}", s.name)});
         let env = envelope_schema(&s.name, &s.event_type(), s.version, data.clone(), cfg);
         batch_items.push(
             json!({"type": "object", "additionalProperties": false, "required": ["stream", "data"],
@@ -208,18 +218,18 @@ pub fn document_for(cfg: &Config) -> Value {
         json!({"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": published()}}}),
         keyed,
     )}));
-    if cfg.stream(crate::events::streams::TRADE_EXECUTED).is_some() {
+    if let Some(s) = cfg.stream(crate::events::streams::TRADE_EXECUTED) {
         paths.insert("/api/v1/trading/execute".into(), json!({"post": publish_op(
             "Seed route: publish astra.trading.trade_executed.v1 (trade_id generated when absent; user_id may be left out by a key with a fixed user)",
-            json_only(payload_schema(crate::events::streams::TRADE_EXECUTED, &["trade_id"])),
+            json_only(payload_schema(s, &["trade_id"])),
             json!({"allOf": [published(), {"type": "object", "required": ["trade_id", "status"], "properties": {"trade_id": {"type": "string"}, "status": {"type": "string"}}}]}),
             keyed,
         )}));
     }
-    if cfg.stream(crate::events::streams::REGISTERED).is_some() {
+    if let Some(s) = cfg.stream(crate::events::streams::REGISTERED) {
         paths.insert("/api/v1/users/register".into(), json!({"post": publish_op(
             "Seed route: publish astra.user.registered.v1 (user_id generated when absent and returned; a replay returns the same one)",
-            json_only(payload_schema(crate::events::streams::REGISTERED, &["user_id"])),
+            json_only(payload_schema(s, &["user_id"])),
             json!({"allOf": [published(), {"type": "object", "required": ["user_id", "status"], "properties": {"user_id": {"type": "string"}, "status": {"type": "string"}}}]}),
             keyed,
         )}));
@@ -290,15 +300,26 @@ pub fn document_for(cfg: &Config) -> Value {
     streams.insert("503".into(), err("Redis unavailable"));
     paths.insert("/v1/streams".into(), json!({"get": ops_op("The declared stream catalog with lengths and readers", ops_keyed, streams.clone())}));
     paths.insert("/v1/groups".into(), json!({"get": ops_op("Per group and stream: length, lag, pending, consumers, dead letters", ops_keyed, streams)}));
-    paths.insert("/openapi.json".into(), json!({"get": ops_op("This document (always open)", false, one("200", ok("OpenAPI 3", obj, false)))}));
+    paths.insert("/openapi.json".into(), json!({"get": ops_op("This document (always open)", false, one("200", ok("OpenAPI 3", obj.clone(), false)))}));
+    paths.insert("/asyncapi.json".into(), json!({"get": ops_op(
+        "The event catalog: streams, groups and payload schemas as AsyncAPI 3.0.0 (always open; `astra-bus catalog` prints it)",
+        false, one("200", ok("AsyncAPI 3.0.0", obj, false)))}));
     paths.extend(super::console::openapi_paths());
+    schemas.insert(
+        "Error".into(),
+        json!({"type": "object", "required": ["error", "detail"], "properties": {
+        "error": {"type": "string"}, "detail": {"type": "string"},
+        "field": {"type": "string"}, "index": {"type": "integer"}, "stream": {"type": "string"}}}),
+    );
+    schemas.insert("Published".into(), json!({"type": "object", "required": ["event_id", "entry_id", "stream", "cid"], "properties": {
+        "event_id": {"type": "string"}, "entry_id": {"type": "string"}, "stream": {"type": "string"}, "cid": {"type": "string"}}}));
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "astra-bus HTTP edge",
             "version": env!("CARGO_PKG_VERSION"),
             "description": format!(
-                "Publish events to the declared streams, read the handlers' projections, and operate the bus. Every error is JSON {{error, detail}}. This instance: edge.auth = {}, ops routes {}.",
+                "Publish events to the declared streams, read the handlers' projections, and operate the bus. Every error is JSON {{error, detail}}. The payload schemas (components.schemas, by stream) are the event catalog's, GET /asyncapi.json, in this document's dialect. This instance: edge.auth = {}, ops routes {}.",
                 if keyed { "keys" } else { "off" },
                 if ops_keyed { "need a key with the ops scope" } else { "open" }
             )
@@ -307,13 +328,7 @@ pub fn document_for(cfg: &Config) -> Value {
         "paths": paths,
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "API key (edge.auth = \"keys\"); configured by its SHA-256"}},
-            "schemas": {
-                "Error": {"type": "object", "required": ["error", "detail"], "properties": {
-                    "error": {"type": "string"}, "detail": {"type": "string"},
-                    "field": {"type": "string"}, "index": {"type": "integer"}, "stream": {"type": "string"}}},
-                "Published": {"type": "object", "required": ["event_id", "entry_id", "stream", "cid"], "properties": {
-                    "event_id": {"type": "string"}, "entry_id": {"type": "string"}, "stream": {"type": "string"}, "cid": {"type": "string"}}},
-            }
+            "schemas": schemas,
         }
     })
 }

@@ -1,6 +1,7 @@
 //! Operations routes: liveness, readiness, metrics, the KPI dashboard, the catalog and
-//! group status, and the OpenAPI document. `/health` (liveness, says nothing) and
-//! `/openapi.json` (the public contract) are always open; the others need a key with the
+//! group status, the OpenAPI document and the AsyncAPI event catalog. `/health`
+//! (liveness, says nothing), `/openapi.json` and `/asyncapi.json` (the public contracts)
+//! are always open; the others need a key with the
 //! `ops` scope unless `edge.ops = "open"` (the default only on a loopback listener: the
 //! dashboard shows revenue, `/v1/groups` costs Redis ~60 calls). Never rate limited
 //! (health checks and scrapes must not be refused by a busy client).
@@ -299,6 +300,15 @@ pub async fn openapi(State(edge): State<Arc<Edge>>) -> Result<Response, ApiError
     Ok(json_response(
         StatusCode::OK,
         super::openapi::document_for(&edge.config),
+    ))
+}
+
+/// `GET /asyncapi.json`: the event catalog, what `astra-bus catalog` prints (always open,
+/// like `/openapi.json`).
+pub async fn asyncapi(State(edge): State<Arc<Edge>>) -> Result<Response, ApiError> {
+    Ok(json_response(
+        StatusCode::OK,
+        crate::catalog::asyncapi(&edge.config),
     ))
 }
 

@@ -86,8 +86,9 @@ fn stream_for<'a>(edge: &'a Edge, name: &str) -> Result<&'a StreamConfig, ApiErr
 }
 
 /// Parses one payload (JSON bytes) against the stream's contract: strictly for the public
-/// inputs (unknown fields refused); any JSON object on an external stream this binary has
-/// no contract for. `optional`: required fields the route fills itself.
+/// inputs (unknown fields refused); on an external stream this binary has no contract
+/// for, the stream's `schema` file when it names one, else any JSON object. `optional`:
+/// required fields the route fills itself.
 fn parse_payload(
     s: &StreamConfig,
     json: &[u8],
@@ -103,6 +104,9 @@ fn parse_payload(
         None => match serde_json::from_slice::<Value>(json) {
             Ok(Value::Object(mut m)) => {
                 fill(&mut m);
+                if let Some(custom) = &s.schema {
+                    custom.check_object(&m).map_err(|e| problem(&s.name, e))?;
+                }
                 Ok(m)
             }
             _ => Err(invalid(&s.name, "payload must be a JSON object".into())),

@@ -1,6 +1,7 @@
 //! The contract of the five public payloads, in one table per stream: what the edge
 //! accepts, what consumers accept, and the JSON Schema both are documented by
-//! (`/openapi.json`; an AsyncAPI export can reuse [`Payload::json_schema`]).
+//! ([`Payload::json_schema`], exported by [`crate::catalog`] to `/asyncapi.json`,
+//! `astra-bus catalog` and `/openapi.json`).
 //!
 //! Bounds, and why: every string becomes part of a Redis key, a sorted-set member or a log
 //! line, so ids are short and drawn from a key-safe set (`A–Z a–z 0–9 . _ : @ -`, no
@@ -400,8 +401,11 @@ impl Payload {
         Ok(())
     }
 
-    /// The payload's JSON Schema (OpenAPI 3.0 dialect: boolean `exclusiveMinimum`).
-    /// `optional` names required fields the route fills when absent.
+    /// The payload's JSON Schema, draft-07 keywords only (so it reads the same as JSON
+    /// Schema 2020-12 and as an AsyncAPI 3.0 schema; [`crate::catalog::openapi_30`] turns
+    /// it into OpenAPI 3.0's dialect). Patterns are ECMA-262 and anchored with `^…$`;
+    /// lengths count characters (code points). `optional` names required fields the
+    /// route fills when absent.
     pub fn json_schema(&self, optional: &[&str]) -> Value {
         let mut props = Map::new();
         let mut required = vec![];
@@ -427,16 +431,17 @@ fn kind_schema(f: &Field) -> Value {
             "pattern": format!("^[A-Za-z0-9._:@-]{{1,{n}}}$")}),
         Kind::Symbol(n) => json!({"type": "string", "minLength": 1, "maxLength": n,
             "pattern": format!("^[A-Za-z0-9._/-]{{1,{n}}}$")}),
+        // The length is minLength/maxLength's (code points): a quantifier in the pattern
+        // would count UTF-16 units in ECMA-262 engines.
         Kind::Text(n) => json!({"type": "string", "minLength": 1, "maxLength": n,
-            "pattern": format!("^[^\\u0000-\\u001f\\u007f-\\u009f]{{1,{n}}}$")}),
+            "pattern": "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"}),
         Kind::Enum(v) => json!({"type": "string", "enum": v}),
         Kind::Number {
             min,
             exclusive_min,
             max,
-        } => {
-            json!({"type": "number", "minimum": min, "exclusiveMinimum": exclusive_min, "maximum": max})
-        }
+        } if exclusive_min => json!({"type": "number", "exclusiveMinimum": min, "maximum": max}),
+        Kind::Number { min, max, .. } => json!({"type": "number", "minimum": min, "maximum": max}),
     };
     s["description"] = Value::from(f.doc);
     s
@@ -603,7 +608,8 @@ mod tests {
     fn schemas_name_every_field_and_bound() {
         let s = TRADE_EXECUTED.json_schema(&["trade_id"]);
         assert_eq!(s["additionalProperties"], false);
-        assert_eq!(s["properties"]["price_usd"]["exclusiveMinimum"], true);
+        assert_eq!(s["properties"]["price_usd"]["exclusiveMinimum"], 0.0);
+        assert_eq!(s["properties"]["fee_usd"]["minimum"], 0.0);
         let req: Vec<&str> = s["required"]
             .as_array()
             .unwrap()

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bus;
+pub mod catalog;
 pub mod edge;
 
 use std::io::{Read, Write};

@@ -51,7 +51,7 @@ impl Validator {
         let (retention, stream_defaults) = self.retention(sfile, stext, &raw.retention);
         let daemon = self.daemon(sfile, stext, &raw.daemon);
         let metrics = self.metrics(sfile, stext, &raw.metrics);
-        let streams = self.streams(sfile, stext, &raw.stream, &stream_defaults);
+        let streams = self.streams(dir, sfile, stext, &raw.stream, &stream_defaults);
         let declared: BTreeSet<&str> = streams.iter().map(|s| s.name.as_str()).collect();
         self.default_dead_letter_declared(sfile, stext, &defaults, &declared);
         let groups = self.groups(&raw_groups, &defaults, &declared);

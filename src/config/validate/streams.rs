@@ -1,12 +1,15 @@
 //! `[retention]` and `[[stream]]`: the stream catalog and how long streams keep entries.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Validator, line_col};
 use crate::config::model::{RetentionConfig, StreamConfig};
 use crate::config::raw::{RawRetention, RawStream};
 use crate::envelope::parse_stream_name;
+use crate::events::custom::CustomSchema;
 
 /// The length and age bounds a stream has unless it sets its own (`[retention]`).
 pub(super) struct StreamDefaults {
@@ -58,6 +61,7 @@ impl Validator {
 
     pub(super) fn streams(
         &mut self,
+        dir: &Path,
         file: &str,
         text: &str,
         raw: &[RawStream],
@@ -118,6 +122,10 @@ impl Validator {
                     day * 3650,
                 )
                 .or(defaults.max_age);
+            let schema = s
+                .schema
+                .as_ref()
+                .and_then(|f| self.stream_schema(dir, file, text, name, f));
             streams.push(StreamConfig {
                 name: name.clone(),
                 domain,
@@ -127,8 +135,53 @@ impl Validator {
                 external: s.external,
                 max_len,
                 max_age,
+                schema,
             });
         }
         streams
+    }
+
+    /// Reads and checks a stream's `schema` file; a problem is reported at the `schema`
+    /// key, naming the file and the reason (for a JSON error, its line and column).
+    fn stream_schema(
+        &mut self,
+        dir: &Path,
+        file: &str,
+        text: &str,
+        name: &str,
+        f: &toml::Spanned<String>,
+    ) -> Option<Arc<CustomSchema>> {
+        let fail = |v: &mut Self, why: String| {
+            v.at(
+                file,
+                text,
+                f.span(),
+                format!("stream {name}: schema {}: {why}", f.get_ref()),
+            );
+            None
+        };
+        if crate::events::streams::ALL.contains(&name) {
+            return fail(
+                self,
+                "this binary has the payload's contract built in; a schema file cannot replace it"
+                    .into(),
+            );
+        }
+        let path = dir.join(f.get_ref());
+        let body = match std::fs::File::open(&path).and_then(|file| {
+            let mut s = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(file, crate::events::custom::MAX_FILE_BYTES as u64 + 1),
+                &mut s,
+            )
+            .map(|_| s)
+        }) {
+            Ok(s) => s,
+            Err(e) => return fail(self, format!("cannot read {}: {e}", path.display())),
+        };
+        match CustomSchema::parse(&body) {
+            Ok(s) => Some(Arc::new(s)),
+            Err(e) => fail(self, e),
+        }
     }
 }

@@ -1,0 +1,193 @@
+//! A stream declared in `streams.toml` may name its own JSON Schema file (`schema =
+//! "schemas/x.json"`): `astra-bus check` refuses one outside the supported subset, naming
+//! the file and the reason; the catalog exports it; the edge enforces it (422 naming the
+//! field) alike with Python's `jsonschema`.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+use support::catalog::{asyncapi_validate, catalog, python};
+use support::edge::{Binary, get, post, shipped_config, unlimited};
+use support::{RedisServer, TempDir, bin};
+
+const ORDER: &str = "astra.shop.order_placed.v1";
+
+const ORDER_SCHEMA: &str = r#"{
+  "$schema": "http://json-schema.org/draft-07/schema#",
+  "type": "object",
+  "additionalProperties": false,
+  "required": ["order_id", "amount", "lines"],
+  "properties": {
+    "order_id": {"type": "string", "minLength": 1, "maxLength": 16, "pattern": "^[a-z0-9-]+$"},
+    "amount": {"type": "number", "exclusiveMinimum": 0, "maximum": 100000},
+    "currency": {"enum": ["EUR", "USD"]},
+    "lines": {"type": "array", "minItems": 1, "maxItems": 3, "items": {
+      "type": "object", "required": ["sku", "qty"],
+      "properties": {"sku": {"type": "string", "maxLength": 8}, "qty": {"type": "integer", "minimum": 1}}}},
+    "note": {"type": ["string", "null"], "maxLength": 20}
+  }
+}"#;
+
+/// The shipped config plus an external stream with its own schema file (`schema` text).
+fn with_order_stream(schema: &str) -> TempDir {
+    let dir = shipped_config(unlimited);
+    let toml = dir.join("streams.toml");
+    let mut t = std::fs::read_to_string(&toml).unwrap();
+    t.push_str(&format!(
+        "\n[[stream]]\nname = \"{ORDER}\"\ndescription = \"An order was placed (this deployment's own stream).\"\nexternal = true\nschema = \"schemas/order_placed.json\"\n"
+    ));
+    std::fs::write(&toml, t).unwrap();
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    std::fs::write(dir.join("schemas/order_placed.json"), schema).unwrap();
+    dir
+}
+
+#[test]
+fn a_stream_may_carry_its_own_schema_file() {
+    // `check` refuses a schema file it cannot enforce, naming the file and the reason.
+    let check = |dir: &TempDir| {
+        let o = Command::new(bin())
+            .args(["check", "--config", &dir.path.to_string_lossy()])
+            .output()
+            .unwrap();
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.success(), text)
+    };
+    for (schema, reason) in [
+        (
+            ORDER_SCHEMA.replace("\"minItems\": 1", "\"oneOf\": []"),
+            "at /properties/lines/oneOf: keyword \"oneOf\" is not in the subset",
+        ),
+        (
+            ORDER_SCHEMA.replace("\"exclusiveMinimum\": 0", "\"exclusiveMinimum\": true"),
+            "at /properties/amount/exclusiveMinimum: must be a number",
+        ),
+        (
+            ORDER_SCHEMA.replace("\"amount\":", "\"amount\"::"),
+            "not JSON (line 8, column",
+        ),
+    ] {
+        let (ok, text) = check(&with_order_stream(&schema));
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("streams.toml:")
+                && text.contains(&format!(
+                    "stream {ORDER}: schema schemas/order_placed.json: {reason}"
+                )),
+            "{text}"
+        );
+    }
+    let dir = with_order_stream(ORDER_SCHEMA);
+    std::fs::remove_file(dir.join("schemas/order_placed.json")).unwrap();
+    let (ok, text) = check(&dir);
+    assert!(
+        !ok && text.contains("schemas/order_placed.json: cannot read"),
+        "{text}"
+    );
+    // A stream with a built-in contract cannot take one.
+    let dir = with_order_stream(ORDER_SCHEMA);
+    let toml = dir.join("streams.toml");
+    let t = std::fs::read_to_string(&toml).unwrap().replacen(
+        "external = true\n",
+        "external = true\nschema = \"schemas/order_placed.json\"\n",
+        1,
+    );
+    std::fs::write(&toml, t).unwrap();
+    let (ok, text) = check(&dir);
+    assert!(!ok && text.contains("astra.trading.trade_executed.v1: schema schemas/order_placed.json: this binary has the payload's contract built in"), "{text}");
+
+    let dir = with_order_stream(ORDER_SCHEMA);
+    let (ok, text) = check(&dir);
+    assert!(ok, "{text}");
+    // Exported as written (the catalog's draft-07), valid AsyncAPI still.
+    let mut written: Value = serde_json::from_str(ORDER_SCHEMA).unwrap();
+    written.as_object_mut().unwrap().remove("$schema");
+    let doc = catalog(&dir.path, "asyncapi");
+    assert_eq!(doc["components"]["schemas"][ORDER], written);
+    assert_eq!(doc["channels"][ORDER]["address"], ORDER);
+    let tmp = TempDir::new("catalog-order");
+    let (ok, text) = asyncapi_validate(&tmp, "asyncapi.json", &doc);
+    assert!(ok, "{text}");
+    // The edge enforces it (422 naming the field), alike with Python's jsonschema.
+    let server = RedisServer::start();
+    let logs = TempDir::new("catalog-logs");
+    let d = Binary::start(
+        &dir.path,
+        "edge",
+        &[("ASTRA_REDIS_URL", server.url())],
+        &logs,
+    );
+    let api: Value = serde_json::from_str(&get(d.port, "/openapi.json").unwrap().1).unwrap();
+    let amount = &api["components"]["schemas"][ORDER]["properties"]["amount"];
+    assert_eq!(
+        (amount["minimum"].as_f64(), &amount["exclusiveMinimum"]),
+        (Some(0.0), &json!(true))
+    );
+    let ok = json!({"order_id": "o-1", "amount": 12.5, "currency": "EUR", "lines": [{"sku": "a1", "qty": 2}], "note": null});
+    let cases: Vec<(Option<&str>, Value)> = vec![
+        (None, ok.clone()),
+        (
+            None,
+            json!({"order_id": "o-2", "amount": 100000, "lines": [{"sku": "", "qty": 1.0}]}),
+        ),
+        (
+            Some("order_id"),
+            json!({"order_id": "O 1", "amount": 1, "lines": [{"sku": "a", "qty": 1}]}),
+        ),
+        (
+            Some("amount"),
+            json!({"order_id": "o", "amount": 0, "lines": [{"sku": "a", "qty": 1}]}),
+        ),
+        (
+            Some("amount"),
+            json!({"order_id": "o", "lines": [{"sku": "a", "qty": 1}]}),
+        ),
+        (
+            Some("currency"),
+            json!({"order_id": "o", "amount": 1, "currency": "GBP", "lines": [{"sku": "a", "qty": 1}]}),
+        ),
+        (
+            Some("lines"),
+            json!({"order_id": "o", "amount": 1, "lines": []}),
+        ),
+        (
+            Some("lines.0.qty"),
+            json!({"order_id": "o", "amount": 1, "lines": [{"sku": "a", "qty": 1.5}]}),
+        ),
+        (
+            Some("lines.1.sku"),
+            json!({"order_id": "o", "amount": 1, "lines": [{"sku": "a", "qty": 1}, {"sku": "123456789", "qty": 1}]}),
+        ),
+        (
+            Some("note"),
+            json!({"order_id": "o", "amount": 1, "lines": [{"sku": "a", "qty": 1}], "note": 5}),
+        ),
+        (
+            Some("extra"),
+            json!({"order_id": "o", "amount": 1, "lines": [{"sku": "a", "qty": 1}], "extra": true}),
+        ),
+    ];
+    let schemas = catalog(&dir.path, "jsonschema");
+    let jobs: Vec<(String, Value)> = cases
+        .iter()
+        .map(|(_, v)| (ORDER.to_string(), v.clone()))
+        .collect();
+    let py = python(&tmp, "validate", &schemas, &jobs);
+    for ((field, payload), p) in cases.iter().zip(&py) {
+        let (s, body) = post(
+            d.port,
+            &format!("/v1/events/{ORDER}"),
+            &[],
+            &payload.to_string(),
+        );
+        assert_eq!(s == 202, field.is_none(), "{payload}: {s} {body}");
+        assert_eq!(p[0], field.is_none(), "{payload}: {}", p[2]);
+        if let Some(f) = field {
+            let e: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!((s, e["field"].as_str()), (422, Some(*f)), "{body}");
+        }
+    }
+}
