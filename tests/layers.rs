@@ -18,6 +18,7 @@
 //! | domain | `config` | bottom; `handlers::Registry` (handler-name validation), `handlers::testing` in unit tests |
 //! | observability | `metrics`, `kpi`, `health` | bottom, `handlers` (the analytics field names), observability |
 //! | bus | `bus` | bottom, `config`, `handlers`, observability |
+//! | bus | `catalog` (the topology as AsyncAPI and JSON Schemas; no Redis) | as `bus` |
 //! | top | `daemon`, `edge`, `cli`, `main` | everything |
 //!
 //! `watchdog` (heartbeats of the delivery loops) and `kpi`/`health` are not in the
@@ -59,11 +60,13 @@ fn may_import(from: &str) -> Option<Vec<&'static str>> {
         return Some(v);
     }
     v.push("config");
-    if from == "bus" {
+    // `catalog` describes the validated topology (no Redis): beside `bus`, below the top.
+    if from == "bus" || from == "catalog" {
         return Some(v);
     }
     if TOP.contains(&from) || from == ROOT {
         v.push("bus");
+        v.push("catalog");
         v.extend(TOP);
         return Some(v);
     }
