@@ -35,7 +35,11 @@ use super::deadletter::{DeadLetter, Reason, dead_letter, unpack_dead_letter};
 use crate::config::{GroupConfig, parse_stream_name};
 use crate::envelope::{Envelope, now_ms};
 use crate::handlers::{Event, Handler, HandlerError, MAX_ROUNDS, Op, Reply, Step};
-use crate::metrics::{DeadLetterLabels, GroupLabel, Metrics};
+use crate::internal_events::{
+    ChainConflict, CommitAbandoned, DuplicatesSkipped, EntriesConsumed, EntriesDeadLettered,
+    EntriesLeftPending, EntryDeadLettered, EventCommitted, EventsRetried,
+};
+use crate::metrics::{GroupLabel, Metrics};
 use crate::shutdown::Shutdown;
 
 /// Everything a group's readers share.
@@ -415,10 +419,11 @@ async fn run_batch(
         if !retry_later.is_empty() {
             if retry_budget > 0 && !shutdown.is_shutdown() {
                 retry_budget -= 1;
-                ctx.metrics
-                    .retried
-                    .get_or_create(&batch.labels)
-                    .inc_by(retry_later.len() as u64);
+                EventsRetried {
+                    labels: &batch.labels,
+                    count: retry_later.len(),
+                }
+                .emit(&ctx.metrics);
                 let d = backoff.next().unwrap_or(Duration::from_secs(1));
                 sleep_or_shutdown(d, &mut sd).await;
                 // Those events start again from their current round.
@@ -519,10 +524,11 @@ fn decode(
 ) -> Batch {
     let g = &ctx.group;
     let labels = Metrics::sg(from, &g.name);
-    ctx.metrics
-        .consumed
-        .get_or_create(&labels)
-        .inc_by(entries.len() as u64);
+    EntriesConsumed {
+        labels: &labels,
+        count: entries.len(),
+    }
+    .emit(&ctx.metrics);
     let mut batch = Batch {
         labels,
         active: vec![],
@@ -647,10 +653,11 @@ async fn triage_over_limit(ctx: &GroupContext, from: &str, batch: &mut Batch) {
         match ctx.redis.cmd("XACK", a).await {
             Ok(_) => {
                 batch.report.duplicates += acks.len();
-                ctx.metrics
-                    .duplicates
-                    .get_or_create(&batch.labels)
-                    .inc_by(acks.len() as u64);
+                DuplicatesSkipped {
+                    labels: &batch.labels,
+                    count: acks.len(),
+                }
+                .emit(&ctx.metrics);
             }
             Err(e) => {
                 tracing::warn!(group = %ctx.group.name, stream = from, error = %e, "acknowledging completed entries failed; they stay pending");
@@ -745,11 +752,14 @@ async fn commit(
                 sleep_or_shutdown(d, &mut sd).await;
             }
             Err(e) => {
-                tracing::error!(group = %g.name, stream = from, error = %e, "commit failed; entries stay pending");
-                ctx.metrics
-                    .retried
-                    .get_or_create(&batch.labels)
-                    .inc_by(items.len() as u64);
+                CommitAbandoned {
+                    labels: &batch.labels,
+                    group: &g.name,
+                    stream: from,
+                    error: &e,
+                    count: items.len(),
+                }
+                .emit(&ctx.metrics);
                 return Err(items.len());
             }
         }
@@ -818,12 +828,13 @@ impl Batch {
                             }
                         }
                         self.report.committed += 1;
-                        m.acked.get_or_create(&self.labels).inc();
-                        m.handler_seconds
-                            .get_or_create(&gl)
-                            .observe(w.handler_time.as_secs_f64());
-                        let e2e = (now_ms() - w.ev.env.ts).max(0) as f64 / 1000.0;
-                        m.end_to_end_seconds.get_or_create(&gl).observe(e2e);
+                        EventCommitted {
+                            labels: &self.labels,
+                            group: &gl,
+                            handler_time: w.handler_time,
+                            end_to_end: (now_ms() - w.ev.env.ts).max(0) as f64 / 1000.0,
+                        }
+                        .emit(m);
                     } else {
                         w.rounds.push(replies);
                         if w.rounds.len() >= MAX_ROUNDS {
@@ -836,7 +847,11 @@ impl Batch {
                 }
                 RoundOutcome::AlreadyDone => {
                     self.report.duplicates += 1;
-                    m.duplicates.get_or_create(&self.labels).inc();
+                    DuplicatesSkipped {
+                        labels: &self.labels,
+                        count: 1,
+                    }
+                    .emit(m);
                 }
                 RoundOutcome::NotOurs => {
                     tracing::debug!(group = %g.name, stream = %w.ev.stream, entry = %w.ev.entry_id, "entry no longer pending for us (finished or dead-lettered elsewhere)");
@@ -849,7 +864,10 @@ impl Batch {
                     // Another appender moved a chain head: redo this round (nothing was
                     // written), deciding again from the same recorded replies.
                     w.conflicts += 1;
-                    m.chain_conflicts.get_or_create(&self.labels).inc();
+                    ChainConflict {
+                        labels: &self.labels,
+                    }
+                    .emit(m);
                     if w.conflicts > MAX_CHAIN_CONFLICTS {
                         self.chain_gave_up += 1;
                         self.report.left_pending += 1;
@@ -867,7 +885,12 @@ impl Batch {
     async fn dead_letter(&mut self, ctx: &GroupContext, from: &str, shutdown: &Shutdown) {
         let g = &ctx.group;
         if self.chain_gave_up > 0 {
-            tracing::warn!(group = %g.name, stream = from, count = self.chain_gave_up, "hash-chain contention: entries left pending");
+            EntriesLeftPending {
+                group: &g.name,
+                stream: from,
+                count: self.chain_gave_up,
+            }
+            .emit(&ctx.metrics);
         }
         if self.dead.is_empty() {
             return;
@@ -905,22 +928,29 @@ impl Batch {
                 .iter()
                 .find(|(k, _)| k == b"cid")
                 .map(|(_, v)| String::from_utf8_lossy(v));
-            tracing::debug!(group = %g.name, stream = %d.stream, entry = %d.entry_id, cid = cid.as_deref(), reason = d.reason.as_str(), error = %d.error, "dead-lettered");
+            EntryDeadLettered {
+                stream: &d.stream,
+                group: &g.name,
+                entry: &d.entry_id,
+                cid: cid.as_deref(),
+                reason: d.reason.as_str(),
+                error: &d.error,
+            }
+            .emit(&ctx.metrics);
             by_reason
                 .entry(d.reason.as_str())
                 .or_insert((0, &d.error, &d.stream))
                 .0 += 1;
-            ctx.metrics
-                .dead_lettered
-                .get_or_create(&DeadLetterLabels {
-                    stream: d.stream.clone(),
-                    group: g.name.clone(),
-                    reason: d.reason.as_str().to_string(),
-                })
-                .inc();
         }
         for (reason, (count, first_error, stream)) in by_reason {
-            tracing::warn!(group = %g.name, stream, reason, count, first_error, "entries dead-lettered");
+            EntriesDeadLettered {
+                stream,
+                group: &g.name,
+                reason,
+                count,
+                first_error,
+            }
+            .emit(&ctx.metrics);
         }
     }
 }
