@@ -37,6 +37,9 @@
 //!   inputs) and the dead-letter reasons, read by `bus::status`, exported by `metrics`.
 //! - [`kpi`]: business KPIs computed from the analytics counters in Redis.
 //! - [`metrics`]: every exported metric, in one place.
+//! - [`internal_events`]: what happens on the delivery path as named events (`EventCommitted`,
+//!   `EntriesDeadLettered`, `LostEntries`, ...), each updating its metric and writing its
+//!   log line together; beside `metrics`, used by `bus`.
 //! - [`bus`]: everything that talks to Redis: the client wrapper, declaration, consuming,
 //!   the commit protocol, reclaiming, dead letters, publishing, retention, status, and
 //!   `query` (typed reads for the edge and the CLI).
@@ -55,7 +58,7 @@
 // has no cycle): the bottom (`envelope`, `events`, `calendar`, `group`, `handler`,
 // `shutdown`, `logging`, `watchdog`) imports nothing above it; `handlers` only the bottom;
 // `config` the bottom and `handlers::Registry` (handler-name validation; one way:
-// `handlers` never imports `config`); `metrics`, `kpi` and `health` the bottom and
+// `handlers` never imports `config`); `metrics`, `internal_events`, `kpi` and `health` the bottom and
 // `handlers`' field names; `bus` all of those; `daemon`, `edge` and `cli` sit on top, and
 // only they import each other. Only `bus` names `fred` or builds a Redis command.
 pub mod bus;
@@ -71,6 +74,7 @@ pub mod group;
 pub mod handler;
 pub mod handlers;
 pub mod health;
+pub mod internal_events;
 pub mod kpi;
 pub mod logging;
 pub mod metrics;

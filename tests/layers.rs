@@ -16,14 +16,15 @@
 //! | bottom | `envelope`, `events`, `calendar`, `group`, `handler`, `shutdown`, `logging`, `watchdog` | bottom |
 //! | domain | `handlers` | bottom |
 //! | domain | `config` | bottom; `handlers::Registry` (handler-name validation), `handlers::testing` in unit tests |
-//! | observability | `metrics`, `kpi`, `health` | bottom, `handlers` (the analytics field names), observability |
+//! | observability | `metrics`, `internal_events`, `kpi`, `health` | bottom, `handlers` (the analytics field names), observability |
 //! | bus | `bus` | bottom, `config`, `handlers`, observability |
 //! | bus | `catalog` (the topology as AsyncAPI and JSON Schemas; no Redis) | as `bus` |
 //! | top | `daemon`, `edge`, `cli`, `main` | everything |
 //!
 //! `watchdog` (heartbeats of the delivery loops) and `kpi`/`health` are not in the
 //! issue's table: `watchdog` imports only `shutdown`, so it sits with it at the bottom;
-//! `kpi` and `health` are what `metrics` exports, so they sit beside it.
+//! `kpi` and `health` are what `metrics` exports, so they sit beside it; `internal_events`
+//! (the delivery path's metrics paired with their log lines) is `metrics` seen from `bus`.
 //!
 //! Only `src/bus/` speaks Redis: no file outside it names `fred`, calls `.cmd(…)`,
 //! `.blocking_cmd(…)` or `.pipeline(…)` with arguments, builds a `("XLEN", vec![…])`
@@ -41,7 +42,7 @@ use reader::{Import, ROOT, Tok, cycles, graph, imports, sources, top_of};
 const BOTTOM: &[&str] = &[
     "envelope", "events", "calendar", "group", "handler", "shutdown", "logging", "watchdog",
 ];
-const OBSERVABILITY: &[&str] = &["metrics", "kpi", "health"];
+const OBSERVABILITY: &[&str] = &["metrics", "internal_events", "kpi", "health"];
 const TOP: &[&str] = &["daemon", "edge", "cli", "main"];
 
 /// Which modules `from` may import, or `None` for a module without a layer.

@@ -21,137 +21,27 @@
 //! count grows, it reaches `max_deliveries` and is dead-lettered without running again,
 //! and its batch neighbours are not dragged along.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio::sync::Semaphore;
 
-use super::client::{BusError, Fields, RawEntry, Redis, arg, as_array, as_int, as_string};
-use super::commit::{Memory, RoundItem, RoundOutcome, Target, commit_round, recall};
+use super::client::{BusError, Fields, RawEntry, arg, as_array, as_int, as_string};
+use super::commit::{Memory, RoundItem, RoundOutcome, commit_round, recall};
+pub use super::context::{GroupContext, Hold};
 use super::deadletter::{DeadLetter, Reason, dead_letter, unpack_dead_letter};
-use crate::config::{GroupConfig, parse_stream_name};
+use super::replay::resolve_replays;
+pub use super::replay::{is_replay_stream, replay_stream};
+use crate::config::parse_stream_name;
 use crate::envelope::{Envelope, now_ms};
 use crate::handlers::{Event, Handler, HandlerError, MAX_ROUNDS, Op, Reply, Step};
-use crate::metrics::{DeadLetterLabels, GroupLabel, Metrics};
+use crate::internal_events::{
+    ChainConflict, CommitAbandoned, DuplicatesSkipped, EntriesConsumed, EntriesDeadLettered,
+    EntriesLeftPending, EntryDeadLettered, EventCommitted, EventsRetried,
+};
+use crate::metrics::{GroupLabel, Metrics};
 use crate::shutdown::Shutdown;
-
-/// Everything a group's readers share.
-pub struct GroupContext {
-    /// Shared, auto-pipelined connection for commits, claims and dead letters.
-    pub redis: Redis,
-    /// The group's settings.
-    pub group: Arc<GroupConfig>,
-    /// The group's handler.
-    pub handler: Arc<dyn Handler>,
-    /// This daemon's consumer name in the group.
-    pub consumer: String,
-    /// How long completed event ids are remembered (at least).
-    pub dedup_ttl: Duration,
-    /// In-flight events of the group (read, not yet committed), bounded by `concurrency`.
-    pub inflight: Arc<Semaphore>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// Streams the handler may publish to.
-    pub publishes: HashSet<String>,
-    /// Entries this process holds right now (`<stream> <entry id>`): read and not yet
-    /// finished by a reader, or being redelivered. The reclaimer and the start-up recovery
-    /// skip them, so this process never works on one entry twice at once (which would also
-    /// count a second delivery against `max_deliveries`).
-    pub held: Arc<std::sync::Mutex<HashSet<String>>>,
-}
-
-/// Entries held by this process while they are processed; released on drop.
-pub struct Hold {
-    held: Arc<std::sync::Mutex<HashSet<String>>>,
-    keys: Vec<String>,
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        let mut held = self.held.lock().expect("held lock");
-        for k in &self.keys {
-            held.remove(k);
-        }
-    }
-}
-
-impl GroupContext {
-    /// Takes hold of those of `ids` (entries of `stream`) not held already; returns the
-    /// hold (released on drop) and which ids it took, in order.
-    pub fn hold<I: IntoIterator<Item = String>>(
-        &self,
-        stream: &str,
-        ids: I,
-    ) -> (Hold, Vec<String>) {
-        let mut held = self.held.lock().expect("held lock");
-        let mut keys = vec![];
-        let mut taken = vec![];
-        for id in ids {
-            let k = format!("{stream} {id}");
-            if held.insert(k.clone()) {
-                keys.push(k);
-                taken.push(id);
-            }
-        }
-        (
-            Hold {
-                held: self.held.clone(),
-                keys,
-            },
-            taken,
-        )
-    }
-
-    /// A context for `group` with its in-flight bound and publish list from the config.
-    pub fn new(
-        redis: Redis,
-        group: GroupConfig,
-        handler: Arc<dyn Handler>,
-        consumer: &str,
-        dedup_ttl: Duration,
-        metrics: Arc<Metrics>,
-    ) -> GroupContext {
-        GroupContext {
-            redis,
-            inflight: Arc::new(Semaphore::new(group.concurrency)),
-            publishes: group.publishes.iter().cloned().collect(),
-            group: Arc::new(group),
-            handler,
-            consumer: consumer.to_string(),
-            dedup_ttl,
-            metrics,
-            held: Default::default(),
-        }
-    }
-
-    /// The group's replay stream: dead letters an operator replays come back to this group
-    /// alone through it (siblings that applied the event never see it again).
-    pub fn replay_stream(&self) -> String {
-        replay_stream(&self.group.name)
-    }
-
-    fn target<'a>(&'a self, stream: &'a str) -> Target<'a> {
-        Target {
-            group: &self.group.name,
-            stream,
-            consumer: &self.consumer,
-            dedup_ttl: self.dedup_ttl,
-        }
-    }
-}
-
-/// The replay stream of `group` (`astra:replay:<group>`), read only by that group.
-pub fn replay_stream(group: &str) -> String {
-    format!("astra:replay:{group}")
-}
-
-/// True when `stream` is a group's replay stream.
-pub fn is_replay_stream(stream: &str) -> bool {
-    stream.starts_with("astra:replay:")
-}
 
 /// Exponential backoff used for Redis trouble: 50 ms doubling to 5 s, with jitter.
 pub fn redis_backoff() -> impl Iterator<Item = Duration> {
@@ -415,10 +305,11 @@ async fn run_batch(
         if !retry_later.is_empty() {
             if retry_budget > 0 && !shutdown.is_shutdown() {
                 retry_budget -= 1;
-                ctx.metrics
-                    .retried
-                    .get_or_create(&batch.labels)
-                    .inc_by(retry_later.len() as u64);
+                EventsRetried {
+                    labels: &batch.labels,
+                    count: retry_later.len(),
+                }
+                .emit(&ctx.metrics);
                 let d = backoff.next().unwrap_or(Duration::from_secs(1));
                 sleep_or_shutdown(d, &mut sd).await;
                 // Those events start again from their current round.
@@ -432,70 +323,6 @@ async fn run_batch(
     }
     batch.dead_letter(ctx, from, shutdown).await;
     batch.report
-}
-
-/// A replay stream carries references to dead letters (`dlq_stream`, `dlq_id`): each is
-/// replaced by the dead letter it names (one pipelined read). A reference whose dead letter
-/// is gone (trimmed by retention) or belongs to another group is acknowledged and logged.
-async fn resolve_replays(
-    ctx: &GroupContext,
-    from: &str,
-    entries: Vec<RawEntry>,
-) -> Result<Vec<RawEntry>, BusError> {
-    let field = |e: &RawEntry, k: &[u8]| -> Option<String> {
-        e.fields
-            .as_ref()?
-            .iter()
-            .find(|(f, _)| f == k)
-            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-    };
-    let refs: Vec<Option<(String, String)>> = entries
-        .iter()
-        .map(|e| Some((field(e, b"dlq_stream")?, field(e, b"dlq_id")?)))
-        .collect();
-    let cmds = refs
-        .iter()
-        .flatten()
-        .map(|(s, id)| {
-            (
-                "XRANGE",
-                vec![arg(s.as_str()), arg(id.as_str()), arg(id.as_str())],
-            )
-        })
-        .collect();
-    let mut found = ctx.redis.pipeline(cmds).await?.into_iter();
-    let mut out = Vec::with_capacity(entries.len());
-    let mut drop_ids = vec![];
-    for (e, r) in entries.into_iter().zip(refs) {
-        let dead = match r {
-            Some(_) => found
-                .next()
-                .transpose()?
-                .map(super::client::parse_entries)
-                .and_then(|v| v.into_iter().next())
-                .and_then(|d| d.fields),
-            None => None,
-        };
-        let mine = dead.as_ref().is_some_and(|f| {
-            f.iter()
-                .any(|(k, v)| k == b"dlq_group" && v == ctx.group.name.as_bytes())
-        });
-        if mine {
-            out.push(RawEntry {
-                id: e.id,
-                fields: dead,
-            });
-        } else {
-            tracing::error!(group = %ctx.group.name, stream = from, entry = %e.id, "replay reference to a dead letter that is gone or not this group's: dropped");
-            drop_ids.push(e.id);
-        }
-    }
-    if !drop_ids.is_empty() {
-        let mut a = vec![arg(from), arg(ctx.group.name.as_str())];
-        a.extend(drop_ids.iter().map(|i| arg(i.as_str())));
-        ctx.redis.cmd("XACK", a).await?;
-    }
-    Ok(out)
 }
 
 /// A batch in progress.
@@ -519,10 +346,11 @@ fn decode(
 ) -> Batch {
     let g = &ctx.group;
     let labels = Metrics::sg(from, &g.name);
-    ctx.metrics
-        .consumed
-        .get_or_create(&labels)
-        .inc_by(entries.len() as u64);
+    EntriesConsumed {
+        labels: &labels,
+        count: entries.len(),
+    }
+    .emit(&ctx.metrics);
     let mut batch = Batch {
         labels,
         active: vec![],
@@ -647,10 +475,11 @@ async fn triage_over_limit(ctx: &GroupContext, from: &str, batch: &mut Batch) {
         match ctx.redis.cmd("XACK", a).await {
             Ok(_) => {
                 batch.report.duplicates += acks.len();
-                ctx.metrics
-                    .duplicates
-                    .get_or_create(&batch.labels)
-                    .inc_by(acks.len() as u64);
+                DuplicatesSkipped {
+                    labels: &batch.labels,
+                    count: acks.len(),
+                }
+                .emit(&ctx.metrics);
             }
             Err(e) => {
                 tracing::warn!(group = %ctx.group.name, stream = from, error = %e, "acknowledging completed entries failed; they stay pending");
@@ -745,11 +574,14 @@ async fn commit(
                 sleep_or_shutdown(d, &mut sd).await;
             }
             Err(e) => {
-                tracing::error!(group = %g.name, stream = from, error = %e, "commit failed; entries stay pending");
-                ctx.metrics
-                    .retried
-                    .get_or_create(&batch.labels)
-                    .inc_by(items.len() as u64);
+                CommitAbandoned {
+                    labels: &batch.labels,
+                    group: &g.name,
+                    stream: from,
+                    error: &e,
+                    count: items.len(),
+                }
+                .emit(&ctx.metrics);
                 return Err(items.len());
             }
         }
@@ -818,12 +650,13 @@ impl Batch {
                             }
                         }
                         self.report.committed += 1;
-                        m.acked.get_or_create(&self.labels).inc();
-                        m.handler_seconds
-                            .get_or_create(&gl)
-                            .observe(w.handler_time.as_secs_f64());
-                        let e2e = (now_ms() - w.ev.env.ts).max(0) as f64 / 1000.0;
-                        m.end_to_end_seconds.get_or_create(&gl).observe(e2e);
+                        EventCommitted {
+                            labels: &self.labels,
+                            group: &gl,
+                            handler_time: w.handler_time,
+                            end_to_end: (now_ms() - w.ev.env.ts).max(0) as f64 / 1000.0,
+                        }
+                        .emit(m);
                     } else {
                         w.rounds.push(replies);
                         if w.rounds.len() >= MAX_ROUNDS {
@@ -836,7 +669,11 @@ impl Batch {
                 }
                 RoundOutcome::AlreadyDone => {
                     self.report.duplicates += 1;
-                    m.duplicates.get_or_create(&self.labels).inc();
+                    DuplicatesSkipped {
+                        labels: &self.labels,
+                        count: 1,
+                    }
+                    .emit(m);
                 }
                 RoundOutcome::NotOurs => {
                     tracing::debug!(group = %g.name, stream = %w.ev.stream, entry = %w.ev.entry_id, "entry no longer pending for us (finished or dead-lettered elsewhere)");
@@ -849,7 +686,10 @@ impl Batch {
                     // Another appender moved a chain head: redo this round (nothing was
                     // written), deciding again from the same recorded replies.
                     w.conflicts += 1;
-                    m.chain_conflicts.get_or_create(&self.labels).inc();
+                    ChainConflict {
+                        labels: &self.labels,
+                    }
+                    .emit(m);
                     if w.conflicts > MAX_CHAIN_CONFLICTS {
                         self.chain_gave_up += 1;
                         self.report.left_pending += 1;
@@ -867,7 +707,12 @@ impl Batch {
     async fn dead_letter(&mut self, ctx: &GroupContext, from: &str, shutdown: &Shutdown) {
         let g = &ctx.group;
         if self.chain_gave_up > 0 {
-            tracing::warn!(group = %g.name, stream = from, count = self.chain_gave_up, "hash-chain contention: entries left pending");
+            EntriesLeftPending {
+                group: &g.name,
+                stream: from,
+                count: self.chain_gave_up,
+            }
+            .emit(&ctx.metrics);
         }
         if self.dead.is_empty() {
             return;
@@ -905,22 +750,29 @@ impl Batch {
                 .iter()
                 .find(|(k, _)| k == b"cid")
                 .map(|(_, v)| String::from_utf8_lossy(v));
-            tracing::debug!(group = %g.name, stream = %d.stream, entry = %d.entry_id, cid = cid.as_deref(), reason = d.reason.as_str(), error = %d.error, "dead-lettered");
+            EntryDeadLettered {
+                stream: &d.stream,
+                group: &g.name,
+                entry: &d.entry_id,
+                cid: cid.as_deref(),
+                reason: d.reason.as_str(),
+                error: &d.error,
+            }
+            .emit(&ctx.metrics);
             by_reason
                 .entry(d.reason.as_str())
                 .or_insert((0, &d.error, &d.stream))
                 .0 += 1;
-            ctx.metrics
-                .dead_lettered
-                .get_or_create(&DeadLetterLabels {
-                    stream: d.stream.clone(),
-                    group: g.name.clone(),
-                    reason: d.reason.as_str().to_string(),
-                })
-                .inc();
         }
         for (reason, (count, first_error, stream)) in by_reason {
-            tracing::warn!(group = %g.name, stream, reason, count, first_error, "entries dead-lettered");
+            EntriesDeadLettered {
+                stream,
+                group: &g.name,
+                reason,
+                count,
+                first_error,
+            }
+            .emit(&ctx.metrics);
         }
     }
 }

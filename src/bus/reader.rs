@@ -23,6 +23,7 @@ use super::consume::{
     redis_backoff, sleep_or_shutdown,
 };
 use super::declare::declare_group_at;
+use crate::internal_events::{LostEntries, NogroupRecovery};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::watchdog::Heartbeat;
@@ -94,11 +95,12 @@ async fn recover_own_pending(
         total.gone += r.gone;
     }
     if total.gone > 0 {
-        ctx.metrics
-            .lost
-            .get_or_create(&Metrics::sg(stream, &g.name))
-            .inc_by(total.gone as u64);
-        tracing::error!(group = %g.name, stream, count = total.gone, "pending entries were gone from the stream before processing (deleted or trimmed): lost");
+        LostEntries {
+            group: &g.name,
+            stream,
+            count: total.gone,
+        }
+        .emit(&ctx.metrics);
     }
     let p = &total.processed;
     if p.committed + p.duplicates + p.dead_lettered + p.left_pending > 0 {
@@ -234,7 +236,7 @@ pub async fn read_loop(
                 });
             }
             Err(BusError::NoGroup(msg)) => {
-                ctx.metrics.nogroup_recoveries.get_or_create(&labels).inc();
+                NogroupRecovery { labels: &labels }.emit(&ctx.metrics);
                 match recreate_group(&ctx, &stream).await {
                     Ok(at) => {
                         if !nogroup_logged {

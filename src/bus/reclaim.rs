@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use super::client::{BusError, arg, as_array, as_int, as_pairs, as_string};
 use super::consume::{BatchReport, GroupContext, is_replay_stream, redeliver, sleep_or_shutdown};
 use super::script::Script;
-use crate::metrics::Metrics;
+use crate::internal_events::{LostEntry, ReclaimedEntries};
 use crate::shutdown::Shutdown;
 
 pub(crate) static DELETE_IDLE_CONSUMER: Script = Script::new(
@@ -122,11 +122,12 @@ pub async fn reclaim_once(
                     .await?;
                 if as_array(body).is_none_or(|a| a.is_empty()) {
                     report.lost += 1;
-                    ctx.metrics
-                        .lost
-                        .get_or_create(&Metrics::sg(stream, &g.name))
-                        .inc();
-                    tracing::error!(group = %g.name, stream, entry = %id, "a pending entry was deleted from the stream before processing: lost");
+                    LostEntry {
+                        group: &g.name,
+                        stream,
+                        entry: id,
+                    }
+                    .emit(&ctx.metrics);
                 }
             }
             let entries: Vec<(String, u64)> = rows
@@ -148,7 +149,13 @@ pub async fn reclaim_once(
                     .filter(|r| claimed.contains(&r.0))
                     .map(|r| r.1.as_str())
                     .collect();
-                tracing::info!(group = %g.name, stream, claimed = entries.len(), from = ?owners, "reclaimed idle pending entries");
+                ReclaimedEntries {
+                    group: &g.name,
+                    stream,
+                    count: entries.len(),
+                    from: &owners,
+                }
+                .emit(&ctx.metrics);
                 let r = redeliver(ctx, stream, &entries, shutdown).await?;
                 report.processed += r.processed;
                 drop(permits);

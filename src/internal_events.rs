@@ -1,0 +1,226 @@
+//! What happens on the delivery path, as named events (Vector's `internal_events` style):
+//! one small struct per thing that happens, whose [`emit`](EventCommitted::emit) updates
+//! its metric and writes its log line together, so the two cannot drift apart.
+//!
+//! Metric names and labels are those of [`crate::metrics`] (fixed label sets, never ids);
+//! each log line keeps the level, target (the module that emits it) and fields it had
+//! where it happens.
+
+use std::time::Duration;
+
+use crate::metrics::{DeadLetterLabels, GroupLabel, Metrics, StreamGroup};
+
+const CONSUME: &str = "astra_bus::bus::consume";
+const READER: &str = "astra_bus::bus::reader";
+const RECLAIM: &str = "astra_bus::bus::reclaim";
+
+/// A batch of entries was read by a group (`astra_consumed_total`).
+pub struct EntriesConsumed<'a> {
+    pub labels: &'a StreamGroup,
+    pub count: usize,
+}
+
+impl EntriesConsumed<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.consumed
+            .get_or_create(self.labels)
+            .inc_by(self.count as u64);
+    }
+}
+
+/// Events the handler asked to retry, retried within the batch (`astra_retried_total`).
+pub struct EventsRetried<'a> {
+    pub labels: &'a StreamGroup,
+    pub count: usize,
+}
+
+impl EventsRetried<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.retried
+            .get_or_create(self.labels)
+            .inc_by(self.count as u64);
+    }
+}
+
+/// A commit failed for good: its events stay pending (counted as retried).
+pub struct CommitAbandoned<'a, E: std::fmt::Display> {
+    pub labels: &'a StreamGroup,
+    pub group: &'a str,
+    pub stream: &'a str,
+    pub error: &'a E,
+    pub count: usize,
+}
+
+impl<E: std::fmt::Display> CommitAbandoned<'_, E> {
+    pub fn emit(self, m: &Metrics) {
+        tracing::error!(target: CONSUME, group = %self.group, stream = self.stream, error = %self.error, "commit failed; entries stay pending");
+        m.retried
+            .get_or_create(self.labels)
+            .inc_by(self.count as u64);
+    }
+}
+
+/// Entries found already applied, acknowledged without running again
+/// (`astra_duplicates_total`).
+pub struct DuplicatesSkipped<'a> {
+    pub labels: &'a StreamGroup,
+    pub count: usize,
+}
+
+impl DuplicatesSkipped<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.duplicates
+            .get_or_create(self.labels)
+            .inc_by(self.count as u64);
+    }
+}
+
+/// A round lost a hash-chain race and runs again (`astra_chain_conflicts_total`).
+pub struct ChainConflict<'a> {
+    pub labels: &'a StreamGroup,
+}
+
+impl ChainConflict<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.chain_conflicts.get_or_create(self.labels).inc();
+    }
+}
+
+/// An event's final round committed: acknowledged, with its handler time and end-to-end
+/// latency.
+pub struct EventCommitted<'a> {
+    pub labels: &'a StreamGroup,
+    pub group: &'a GroupLabel,
+    pub handler_time: Duration,
+    /// Seconds from the event's timestamp to its commit.
+    pub end_to_end: f64,
+}
+
+impl EventCommitted<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.acked.get_or_create(self.labels).inc();
+        m.handler_seconds
+            .get_or_create(self.group)
+            .observe(self.handler_time.as_secs_f64());
+        m.end_to_end_seconds
+            .get_or_create(self.group)
+            .observe(self.end_to_end);
+    }
+}
+
+/// One entry was dead-lettered (`astra_dead_lettered_total`, one debug line).
+pub struct EntryDeadLettered<'a> {
+    pub stream: &'a str,
+    pub group: &'a str,
+    pub entry: &'a str,
+    pub cid: Option<&'a str>,
+    pub reason: &'a str,
+    pub error: &'a str,
+}
+
+impl EntryDeadLettered<'_> {
+    pub fn emit(self, m: &Metrics) {
+        tracing::debug!(target: CONSUME, group = %self.group, stream = %self.stream, entry = %self.entry, cid = self.cid, reason = self.reason, error = %self.error, "dead-lettered");
+        m.dead_lettered
+            .get_or_create(&DeadLetterLabels {
+                stream: self.stream.to_string(),
+                group: self.group.to_string(),
+                reason: self.reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// The one warning per batch and reason summing up its dead letters (counted one by one
+/// by [`EntryDeadLettered`]).
+pub struct EntriesDeadLettered<'a> {
+    pub stream: &'a str,
+    pub group: &'a str,
+    pub reason: &'a str,
+    pub count: usize,
+    pub first_error: &'a str,
+}
+
+impl EntriesDeadLettered<'_> {
+    pub fn emit(self, _m: &Metrics) {
+        let (group, stream, reason, count, first_error) = (
+            self.group,
+            self.stream,
+            self.reason,
+            self.count,
+            self.first_error,
+        );
+        tracing::warn!(target: CONSUME, group = %group, stream, reason, count, first_error, "entries dead-lettered");
+    }
+}
+
+/// Entries left pending after losing hash-chain races too often.
+pub struct EntriesLeftPending<'a> {
+    pub group: &'a str,
+    pub stream: &'a str,
+    pub count: usize,
+}
+
+impl EntriesLeftPending<'_> {
+    pub fn emit(self, _m: &Metrics) {
+        tracing::warn!(target: CONSUME, group = %self.group, stream = self.stream, count = self.count, "hash-chain contention: entries left pending");
+    }
+}
+
+/// Idle pending entries claimed from other consumers.
+pub struct ReclaimedEntries<'a, O: std::fmt::Debug> {
+    pub group: &'a str,
+    pub stream: &'a str,
+    pub count: usize,
+    pub from: &'a O,
+}
+
+impl<O: std::fmt::Debug> ReclaimedEntries<'_, O> {
+    pub fn emit(self, _m: &Metrics) {
+        tracing::info!(target: RECLAIM, group = %self.group, stream = self.stream, claimed = self.count, from = ?self.from, "reclaimed idle pending entries");
+    }
+}
+
+/// A pending entry the reclaimer found deleted from the stream (`astra_lost_total`).
+pub struct LostEntry<'a> {
+    pub group: &'a str,
+    pub stream: &'a str,
+    pub entry: &'a str,
+}
+
+impl LostEntry<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.lost
+            .get_or_create(&Metrics::sg(self.stream, self.group))
+            .inc();
+        tracing::error!(target: RECLAIM, group = %self.group, stream = self.stream, entry = %self.entry, "a pending entry was deleted from the stream before processing: lost");
+    }
+}
+
+/// Pending entries the start-up recovery found gone from the stream (`astra_lost_total`).
+pub struct LostEntries<'a> {
+    pub group: &'a str,
+    pub stream: &'a str,
+    pub count: usize,
+}
+
+impl LostEntries<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.lost
+            .get_or_create(&Metrics::sg(self.stream, self.group))
+            .inc_by(self.count as u64);
+        tracing::error!(target: READER, group = %self.group, stream = self.stream, count = self.count, "pending entries were gone from the stream before processing (deleted or trimmed): lost");
+    }
+}
+
+/// The reader found its consumer group gone and re-creates it
+/// (`astra_nogroup_recoveries_total`).
+pub struct NogroupRecovery<'a> {
+    pub labels: &'a StreamGroup,
+}
+
+impl NogroupRecovery<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.nogroup_recoveries.get_or_create(self.labels).inc();
+    }
+}
