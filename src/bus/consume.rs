@@ -360,7 +360,6 @@ fn decode(
         chain_gave_up: 0,
     };
     let replay = is_replay_stream(from);
-    let replay_mismatch = |stream: &String| replay && !g.reads.contains(stream);
     for e in entries {
         let attempts = deliveries.get(&e.id).copied().unwrap_or(1);
         // Body trimmed while pending: nothing left to process or to dead-letter (the
@@ -395,21 +394,15 @@ fn decode(
                 ),
             )
         };
-        if over_limit && (decode_entry(&stream, &fields).is_err() || replay_mismatch(&stream)) {
-            batch.dead.push(too_many());
-            continue;
-        }
-        if replay_mismatch(&stream) {
-            batch.dead.push(dead(
-                Reason::Malformed,
-                format!(
-                    "replayed from stream {stream:?}, which group {} does not read",
-                    g.name
-                ),
-            ));
-            continue;
-        }
-        match decode_entry(&stream, &fields) {
+        let decoded = if replay && !g.reads.contains(&stream) {
+            Err(format!(
+                "replayed from stream {stream:?}, which group {} does not read",
+                g.name
+            ))
+        } else {
+            decode_entry(&stream, &fields)
+        };
+        match decoded {
             Ok(env) => {
                 let letter = over_limit.then(too_many);
                 let w = Work {
@@ -429,6 +422,8 @@ fn decode(
                     None => batch.active.push(w),
                 }
             }
+            // Over the limit it says so, whatever else is wrong with it (as before).
+            Err(_) if over_limit => batch.dead.push(too_many()),
             Err(reason) => batch.dead.push(dead(Reason::Malformed, reason)),
         }
     }
