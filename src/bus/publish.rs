@@ -4,7 +4,8 @@
 use super::client::{BusError, Redis, Value, arg, as_string};
 use crate::envelope::Envelope;
 
-fn xadd_args(stream: &str, env: &Envelope) -> Vec<Value> {
+/// The XADD arguments of `env` appended to `stream` (auto id): the envelope's flat fields.
+pub(crate) fn xadd_args(stream: &str, env: &Envelope) -> Vec<Value> {
     let mut args = vec![arg(stream), arg("*")];
     for (k, v) in env.to_fields() {
         args.push(arg(k));

@@ -1,12 +1,13 @@
 //! The round in Redis Cluster (SPEC "Commit protocol": effectively-once across slots).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use super::encode::{
     Answer, SlotShare, decode_replies, encode_slot_call, parse_reply, progress_round, unsendable,
 };
 use super::{RoundItem, RoundOutcome, Target, done_keys, done_ttl_secs, started_keys};
 use crate::bus::client::{BusError, Redis, Value, arg, as_array, as_string, keyslot};
+use crate::bus::publish::xadd_args;
 use crate::envelope::now_ms;
 use crate::handlers::Reply;
 
@@ -34,16 +35,21 @@ pub(super) fn slot_tag(slot: u16) -> &'static str {
 
 /// The round in Redis Cluster (SPEC "Commit protocol": effectively-once across slots).
 ///
-/// 1. One pipelined read: which entries are still pending for the group (XCLAIM JUSTID,
-///    so a zombie skips what others finished) and which events are done (the group's
-///    done markers, one key per generation). Done events are only acknowledged.
-/// 2. Every event's ops are split by hash slot; each slot touched gets one
-///    `commit_slot.lua` call (all at once) that checks and applies that slot's ops with
-///    that slot's progress record, atomically per slot. A slot already applied for a round
-///    (an earlier delivery) replays its recorded replies, so nothing applies twice.
-/// 3. Final round: the derived events are XADDed (deterministic ids: a crash before step
-///    4 may leave a second entry with the same id, which consumers skip).
-/// 4. The done markers are set and the entries acknowledged, XACK last.
+/// 1. [`read_ours_and_done`]: one pipelined read: which entries are still pending for the
+///    group (XCLAIM JUSTID, so a zombie skips what others finished) and which events are
+///    done (the group's done markers, one key per generation); in the same round trip
+///    every event is marked started. [`triage`] then sorts them: done events are only
+///    acknowledged, the rest go on.
+/// 2. [`apply_per_slot`]: every event's ops are split by hash slot; each slot touched
+///    gets one `commit_slot.lua` call (all at once) that checks and applies that slot's
+///    ops with that slot's progress record, atomically per slot. A slot already applied
+///    for a round (an earlier delivery) replays its recorded replies, so nothing applies
+///    twice.
+/// 3. [`publish_derived`]: final round: the derived events are XADDed (deterministic ids:
+///    a crash before step 4 may leave a second entry with the same id, which consumers
+///    skip).
+/// 4. [`mark_done_and_ack`]: the done markers are set and the entries acknowledged, XACK
+///    last.
 ///
 /// A slot's progress is kept in generations like the done markers (not removed when the
 /// event completes): a second, slower commit of the same entry may have passed step 1
@@ -54,9 +60,50 @@ pub(super) async fn commit_round_cluster(
     items: &[RoundItem<'_>],
     heads: HashMap<String, String>,
 ) -> Result<Vec<RoundOutcome>, BusError> {
-    let mut out: Vec<Option<RoundOutcome>> = vec![None; items.len()];
+    let mut out: Outcomes = vec![None; items.len()];
     // 1. Ours? Done?
     let done_keys = done_keys(target.group, None, target.dedup_ttl, now_ms());
+    let state = read_ours_and_done(redis, target, items, &done_keys).await?;
+    let mut acks = triage(items, &state, &mut out);
+    // 2. One call per hash slot touched.
+    let slots = apply_per_slot(redis, target, items, &out, heads).await?;
+    // 3. Publish what the final round derived.
+    let finishing = publish_derived(redis, items, slots, &mut out).await?;
+    // 4. Done markers, then acknowledgements.
+    mark_done_and_ack(
+        redis,
+        target,
+        items,
+        &done_keys[0],
+        finishing,
+        &mut acks,
+        &mut out,
+    )
+    .await?;
+    Ok(out
+        .into_iter()
+        .map(|o| o.expect("every event has an outcome"))
+        .collect())
+}
+
+/// Every event's outcome once it is decided (`None`: still going on to the next step).
+type Outcomes = Vec<Option<RoundOutcome>>;
+
+/// What step 1 read: the entries still pending for this consumer, and per event whether a
+/// done marker holds it.
+struct PendingState {
+    ours: HashSet<String>,
+    done: Vec<bool>,
+}
+
+/// Step 1: XCLAIM JUSTID of the batch, one HMGET per done-marker generation, and the
+/// started marks (HSET + EXPIRE), in one pipelined round trip.
+async fn read_ours_and_done(
+    redis: &Redis,
+    target: Target<'_>,
+    items: &[RoundItem<'_>],
+    done_keys: &[String],
+) -> Result<PendingState, BusError> {
     let mut cmds = vec![];
     let mut claim = vec![
         arg(target.stream),
@@ -67,7 +114,7 @@ pub(super) async fn commit_round_cluster(
     claim.extend(items.iter().map(|it| arg(it.entry_id)));
     claim.push(arg("JUSTID"));
     cmds.push(("XCLAIM", claim));
-    for k in &done_keys {
+    for k in done_keys {
         let mut a = vec![arg(k.as_str())];
         a.extend(items.iter().map(|it| arg(it.event_id)));
         cmds.push(("HMGET", a));
@@ -91,7 +138,7 @@ pub(super) async fn commit_round_cluster(
         ],
     ));
     let mut replies = redis.pipeline(cmds).await?.into_iter();
-    let ours: std::collections::HashSet<String> = replies
+    let ours: HashSet<String> = replies
         .next()
         .transpose()?
         .and_then(as_array)
@@ -110,12 +157,19 @@ pub(super) async fn commit_round_cluster(
     for r in replies {
         r?;
     }
+    Ok(PendingState { ours, done })
+}
+
+/// Step 1, decided: not ours → nothing; done, or a second copy of an event finishing in
+/// this batch → acknowledged only; unsendable or keys in two slots → failed. Returns the
+/// entries to acknowledge; the events left undecided go on to step 2.
+fn triage<'a>(items: &[RoundItem<'a>], state: &PendingState, out: &mut Outcomes) -> Vec<&'a str> {
     let mut acks: Vec<&str> = vec![];
-    let mut seen_final: std::collections::HashSet<&str> = Default::default();
+    let mut seen_final: HashSet<&str> = Default::default();
     for (i, it) in items.iter().enumerate() {
-        if !ours.contains(it.entry_id) {
+        if !state.ours.contains(it.entry_id) {
             out[i] = Some(RoundOutcome::NotOurs);
-        } else if done[i] {
+        } else if state.done[i] {
             out[i] = Some(RoundOutcome::AlreadyDone);
             acks.push(it.entry_id);
         } else if it.is_final && !seen_final.insert(it.event_id) {
@@ -138,37 +192,43 @@ pub(super) async fn commit_round_cluster(
             }
         }
     }
-    // 2. One call per hash slot touched.
-    let mut slots: std::collections::BTreeMap<u16, SlotShare> = Default::default();
-    for (i, it) in items.iter().enumerate() {
-        if out[i].is_some() {
-            continue;
-        }
-        let mut by_slot: std::collections::BTreeMap<u16, Vec<usize>> = Default::default();
-        for (j, op) in it.ops.iter().enumerate() {
-            by_slot
-                .entry(keyslot(op.key.as_bytes()))
-                .or_default()
-                .push(j);
-        }
-        for (slot, ops) in by_slot {
-            slots.entry(slot).or_default().push((i, ops));
-        }
-    }
-    let mut merged: Vec<Vec<Reply>> = items
-        .iter()
-        .map(|it| vec![Reply::Nil; it.ops.len()])
-        .collect();
-    let mut applied = vec![false; items.len()];
-    let mut conflict = vec![false; items.len()];
-    let mut failed: Vec<Option<String>> = vec![None; items.len()];
+    acks
+}
+
+/// What step 2 did, per event: the replies merged over its slots, whether any slot
+/// applied now, whether a slot saw a conflict, and why it failed if it did.
+struct SlotResults {
+    merged: Vec<Vec<Reply>>,
+    applied: Vec<bool>,
+    conflict: Vec<bool>,
+    failed: Vec<Option<String>>,
+}
+
+/// Step 2: one `commit_slot.lua` call per hash slot the undecided events touch, all sent
+/// at once; their answers merged back per event.
+async fn apply_per_slot(
+    redis: &Redis,
+    target: Target<'_>,
+    items: &[RoundItem<'_>],
+    out: &Outcomes,
+    heads: HashMap<String, String>,
+) -> Result<SlotResults, BusError> {
+    let mut res = SlotResults {
+        merged: items
+            .iter()
+            .map(|it| vec![Reply::Nil; it.ops.len()])
+            .collect(),
+        applied: vec![false; items.len()],
+        conflict: vec![false; items.len()],
+        failed: vec![None; items.len()],
+    };
     let mut calls = vec![];
-    for (slot, share) in slots {
+    for (slot, share) in shares_by_slot(items, out) {
         let r = redis.clone();
         let mut heads = heads.clone();
         let (call, share, clashing) = encode_slot_call(target, slot, items, share, &mut heads)?;
         for i in clashing {
-            failed[i].get_or_insert_with(|| {
+            res.failed[i].get_or_insert_with(|| {
                 "uses a key as another type than an earlier event of this batch".to_string()
             });
         }
@@ -182,65 +242,103 @@ pub(super) async fn commit_round_cluster(
         let reply = c
             .await
             .map_err(|e| BusError::Unavailable(format!("commit task: {e}")))??;
-        match parse_reply(reply, share.len(), |_| true)? {
-            Answer::BadKey { actual, .. } => {
-                // Nothing of this slot was written; its events fail (a key in it has the
-                // wrong type). Their other slots may have applied: that is recorded there.
-                for (i, _) in &share {
-                    failed[*i].get_or_insert_with(|| {
-                        format!("a key of this event holds a {actual} (wrong type)")
-                    });
-                }
+        merge_slot_answer(items, share, reply, &mut res)?;
+    }
+    Ok(res)
+}
+
+/// Each undecided event's ops grouped by hash slot: per slot, (event, its op indices).
+fn shares_by_slot(items: &[RoundItem<'_>], out: &Outcomes) -> BTreeMap<u16, SlotShare> {
+    let mut slots: BTreeMap<u16, SlotShare> = Default::default();
+    for (i, it) in items.iter().enumerate() {
+        if out[i].is_some() {
+            continue;
+        }
+        let mut by_slot: BTreeMap<u16, Vec<usize>> = Default::default();
+        for (j, op) in it.ops.iter().enumerate() {
+            by_slot
+                .entry(keyslot(op.key.as_bytes()))
+                .or_default()
+                .push(j);
+        }
+        for (slot, ops) in by_slot {
+            slots.entry(slot).or_default().push((i, ops));
+        }
+    }
+    slots
+}
+
+/// One slot's answer into the per-event results.
+fn merge_slot_answer(
+    items: &[RoundItem<'_>],
+    share: SlotShare,
+    reply: Value,
+    res: &mut SlotResults,
+) -> Result<(), BusError> {
+    match parse_reply(reply, share.len(), |_| true)? {
+        Answer::BadKey { actual, .. } => {
+            // Nothing of this slot was written; its events fail (a key in it has the
+            // wrong type). Their other slots may have applied: that is recorded there.
+            for (i, _) in &share {
+                res.failed[*i].get_or_insert_with(|| {
+                    format!("a key of this event holds a {actual} (wrong type)")
+                });
             }
-            Answer::Rows(rows) => {
-                for ((i, ops), row) in share.into_iter().zip(rows) {
-                    let replies = match row.status {
-                        b'0' => {
-                            applied[i] = true;
-                            decode_replies(&row.payload)?
-                        }
-                        b'1' => progress_round(&row.payload, items[i].round)?,
-                        b'5' => {
-                            conflict[i] = true;
-                            continue;
-                        }
-                        _ => {
-                            failed[i]
-                                .get_or_insert(String::from_utf8_lossy(&row.payload).into_owned());
-                            continue;
-                        }
-                    };
-                    for (j, r) in ops.into_iter().zip(replies) {
-                        merged[i][j] = r;
+        }
+        Answer::Rows(rows) => {
+            for ((i, ops), row) in share.into_iter().zip(rows) {
+                let replies = match row.status {
+                    b'0' => {
+                        res.applied[i] = true;
+                        decode_replies(&row.payload)?
                     }
+                    b'1' => progress_round(&row.payload, items[i].round)?,
+                    b'5' => {
+                        res.conflict[i] = true;
+                        continue;
+                    }
+                    _ => {
+                        res.failed[i]
+                            .get_or_insert(String::from_utf8_lossy(&row.payload).into_owned());
+                        continue;
+                    }
+                };
+                for (j, r) in ops.into_iter().zip(replies) {
+                    res.merged[i][j] = r;
                 }
             }
         }
     }
-    // 3. Publish what the final round derived.
+    Ok(())
+}
+
+/// Step 3: decides every event left (failed, conflict, a non-final round applied or
+/// replayed) and XADDs what the final rounds derived, in one pipeline. Returns the final
+/// rounds to finish in step 4 (an XADD that failed turns its event into a dead letter).
+async fn publish_derived(
+    redis: &Redis,
+    items: &[RoundItem<'_>],
+    mut slots: SlotResults,
+    out: &mut Outcomes,
+) -> Result<Vec<usize>, BusError> {
     let mut xadds = vec![];
     let mut finishing = vec![];
     for (i, it) in items.iter().enumerate() {
         if out[i].is_some() {
             continue;
         }
-        if let Some(reason) = failed[i].take() {
+        if let Some(reason) = slots.failed[i].take() {
             out[i] = Some(RoundOutcome::Failed(reason));
-        } else if conflict[i] {
+        } else if slots.conflict[i] {
             out[i] = Some(RoundOutcome::Conflict);
         } else if it.is_final {
             for (s, env) in &it.emits {
-                let mut a = vec![arg(s.as_str()), arg("*")];
-                for (k, v) in env.to_fields() {
-                    a.push(arg(k));
-                    a.push(Value::Bytes(v.into()));
-                }
-                xadds.push((i, ("XADD", a)));
+                xadds.push((i, ("XADD", xadd_args(s, env))));
             }
             finishing.push(i);
         } else {
-            let replies = std::mem::take(&mut merged[i]);
-            out[i] = Some(if applied[i] || it.ops.is_empty() {
+            let replies = std::mem::take(&mut slots.merged[i]);
+            out[i] = Some(if slots.applied[i] || it.ops.is_empty() {
                 RoundOutcome::Applied(replies)
             } else {
                 RoundOutcome::Replayed(replies)
@@ -257,13 +355,26 @@ pub(super) async fn commit_round_cluster(
             }
         }
     }
-    // 4. Done markers, then acknowledgements.
+    Ok(finishing)
+}
+
+/// Step 4: the done markers of the finished events (HSET + EXPIRE, one pipeline), then
+/// XACK of everything to acknowledge, last, in chunks of 1000.
+async fn mark_done_and_ack<'a>(
+    redis: &Redis,
+    target: Target<'_>,
+    items: &[RoundItem<'a>],
+    done_key: &str,
+    finishing: Vec<usize>,
+    acks: &mut Vec<&'a str>,
+    out: &mut Outcomes,
+) -> Result<(), BusError> {
     let finished: Vec<usize> = finishing
         .into_iter()
         .filter(|i| out[*i].is_none())
         .collect();
     if !finished.is_empty() {
-        let mut a = vec![arg(done_keys[0].as_str())];
+        let mut a = vec![arg(done_key)];
         for &i in &finished {
             a.push(arg(items[i].event_id));
             a.push(arg("D"));
@@ -273,7 +384,7 @@ pub(super) async fn commit_round_cluster(
             (
                 "EXPIRE",
                 vec![
-                    arg(done_keys[0].as_str()),
+                    arg(done_key),
                     arg(done_ttl_secs(target.dedup_ttl, now_ms())),
                 ],
             ),
@@ -291,8 +402,5 @@ pub(super) async fn commit_round_cluster(
         a.extend(chunk.iter().map(|id| arg(*id)));
         redis.cmd("XACK", a).await?;
     }
-    Ok(out
-        .into_iter()
-        .map(|o| o.expect("every event has an outcome"))
-        .collect())
+    Ok(())
 }
