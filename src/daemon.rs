@@ -16,6 +16,7 @@ use crate::bus::{BusError, Redis};
 use crate::config::Config;
 use crate::edge::{Edge, LatestSnapshot};
 use crate::handlers::Registry;
+use crate::internal_events::{HealthRefreshFailed, HealthRefreshed, RedisReconnected};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::watchdog::{LOOP_SLACK, Liveness};
@@ -53,7 +54,7 @@ async fn health_loop(
     loop {
         match crate::bus::status::snapshot(&redis, &config).await {
             Ok(snap) => {
-                metrics.record_health(&snap);
+                HealthRefreshed { snapshot: &snap }.emit(&metrics);
                 // Where each group is, so a group that vanishes is re-created there.
                 if record_positions
                     && let Err(e) = crate::bus::status::record_positions(&redis, &snap).await
@@ -65,8 +66,7 @@ async fn health_loop(
                 *latest.write().expect("snapshot lock") = Some((at, snap));
             }
             Err(e) => {
-                metrics.redis_up.set(0);
-                tracing::warn!(error = %e, "health refresh failed");
+                HealthRefreshFailed { error: &e }.emit(&metrics);
             }
         }
         if !sleep_or_shutdown(config.metrics.refresh_interval, &mut shutdown).await {
@@ -189,7 +189,7 @@ pub async fn run_with(
     {
         let m = metrics.clone();
         redis.on_reconnect(move || {
-            m.reconnects.inc();
+            RedisReconnected.emit(&m);
         });
     }
     edge.connected(&redis);

@@ -1,18 +1,26 @@
-//! What happens on the delivery path, as named events (Vector's `internal_events` style):
-//! one small struct per thing that happens, whose [`emit`](EventCommitted::emit) updates
-//! its metric and writes its log line together, so the two cannot drift apart.
+//! What happens in the daemon, as named events (Vector's `internal_events` style): one
+//! small struct per thing that happens, whose [`emit`](EventCommitted::emit) updates its
+//! metric and writes its log line together, so the two cannot drift apart. Nothing else
+//! updates a metric: the delivery path (consume, reader, reclaim), the HTTP edge and the
+//! daemon's health loop all emit these.
 //!
-//! Metric names and labels are those of [`crate::metrics`] (fixed label sets, never ids);
-//! each log line keeps the level, target (the module that emits it) and fields it had
-//! where it happens.
+//! Metric names and labels are those of [`crate::metrics`] (fixed label sets, never ids:
+//! streams and groups of the topology, route templates, the limits' names as `'static`
+//! strings); each log line keeps the level, target (the module that emits it) and fields
+//! it had where it happens.
 
 use std::time::Duration;
 
-use crate::metrics::{DeadLetterLabels, GroupLabel, Metrics, StreamGroup};
+use crate::metrics::{
+    DeadLetterLabels, GroupLabel, HttpLabels, LimitLabel, Metrics, RouteLabel, StreamGroup,
+    StreamLabel,
+};
 
 const CONSUME: &str = "astra_bus::bus::consume";
 const READER: &str = "astra_bus::bus::reader";
 const RECLAIM: &str = "astra_bus::bus::reclaim";
+const DAEMON: &str = "astra_bus::daemon";
+const EDGE: &str = "astra_bus::edge";
 
 /// A batch of entries was read by a group (`astra_consumed_total`).
 pub struct EntriesConsumed<'a> {
@@ -25,6 +33,22 @@ impl EntriesConsumed<'_> {
         m.consumed
             .get_or_create(self.labels)
             .inc_by(self.count as u64);
+    }
+}
+
+/// A commit round of `size` events is about to be sent (`astra_bus_commit_batch_size`).
+pub struct CommitBatch<'a> {
+    pub group: &'a str,
+    pub size: usize,
+}
+
+impl CommitBatch<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.commit_batch_size
+            .get_or_create(&GroupLabel {
+                group: self.group.to_string(),
+            })
+            .observe(self.size as f64);
     }
 }
 
@@ -222,5 +246,119 @@ pub struct NogroupRecovery<'a> {
 impl NogroupRecovery<'_> {
     pub fn emit(self, m: &Metrics) {
         m.nogroup_recoveries.get_or_create(self.labels).inc();
+    }
+}
+
+/// Events were published to `stream` (`astra_bus_published_total`): derived events
+/// committed by a group, or events the HTTP edge stored.
+pub struct EventsPublished<'a> {
+    pub stream: &'a str,
+    pub count: usize,
+}
+
+impl EventsPublished<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.published
+            .get_or_create(&StreamLabel {
+                stream: self.stream.to_string(),
+            })
+            .inc_by(self.count as u64);
+    }
+}
+
+/// The health loop read a snapshot from Redis: the gauges (lengths, lag, pending, KPIs),
+/// the business counters and `astra_bus_redis_up` 1.
+pub struct HealthRefreshed<'a> {
+    pub snapshot: &'a crate::health::Snapshot,
+}
+
+impl HealthRefreshed<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.record_health(self.snapshot);
+    }
+}
+
+/// The health loop could not read its snapshot: `astra_bus_redis_up` 0, one warning.
+pub struct HealthRefreshFailed<'a, E: std::fmt::Display> {
+    pub error: &'a E,
+}
+
+impl<E: std::fmt::Display> HealthRefreshFailed<'_, E> {
+    pub fn emit(self, m: &Metrics) {
+        m.redis_up.set(0);
+        tracing::warn!(target: DAEMON, error = %self.error, "health refresh failed");
+    }
+}
+
+/// The Redis client reconnected (`astra_bus_reconnects_total`).
+pub struct RedisReconnected;
+
+impl RedisReconnected {
+    pub fn emit(self, m: &Metrics) {
+        m.reconnects.inc();
+    }
+}
+
+/// The HTTP edge answered a request (`astra_bus_http_requests_total`,
+/// `astra_bus_http_request_seconds`); `route` is the matched route template (or
+/// `unmatched`), never the path.
+pub struct HttpRequestAnswered<'a> {
+    pub route: &'a str,
+    pub method: &'static str,
+    pub status: u16,
+    pub took: Duration,
+}
+
+impl HttpRequestAnswered<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.http_requests
+            .get_or_create(&HttpLabels {
+                route: self.route.to_string(),
+                method: self.method.to_string(),
+                status: self.status.to_string(),
+            })
+            .inc();
+        m.http_request_seconds
+            .get_or_create(&RouteLabel {
+                route: self.route.to_string(),
+            })
+            .observe(self.took.as_secs_f64());
+    }
+}
+
+/// The HTTP edge refused a request or connection over `limit` (`user`, `route`, `key`,
+/// `client`, `connections`, `auth_failures`): `astra_bus_edge_rate_limited_total`.
+pub struct RequestRateLimited {
+    pub limit: &'static str,
+}
+
+impl RequestRateLimited {
+    pub fn emit(self, m: &Metrics) {
+        m.edge_rate_limited
+            .get_or_create(&LimitLabel {
+                limit: self.limit.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// A publish with an `Idempotency-Key` already used was answered from its record, nothing
+/// stored again (`astra_bus_edge_idempotent_replays_total`).
+pub struct IdempotentReplay;
+
+impl IdempotentReplay {
+    pub fn emit(self, m: &Metrics) {
+        m.edge_idempotent_replays.inc();
+    }
+}
+
+/// A request handler panicked; the edge answered 500 (`astra_bus_http_panics_total`,
+/// one error line).
+pub struct HandlerPanicked;
+
+impl HandlerPanicked {
+    pub fn emit(self, m: &Metrics) {
+        m.http_panics.inc();
+        tracing::error!(target: EDGE, "edge: a request handler panicked (answered 500)");
     }
 }

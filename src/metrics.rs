@@ -389,42 +389,9 @@ impl Metrics {
         Arc::new(Metrics { registry, ..m })
     }
 
-    /// Records one answered HTTP request.
-    pub fn http_request(&self, route: &str, method: &str, status: u16, took: std::time::Duration) {
-        self.http_requests
-            .get_or_create(&HttpLabels {
-                route: route.to_string(),
-                method: method.to_string(),
-                status: status.to_string(),
-            })
-            .inc();
-        self.http_request_seconds
-            .get_or_create(&RouteLabel {
-                route: route.to_string(),
-            })
-            .observe(took.as_secs_f64());
-    }
-
-    /// Counts a request refused by `limit` (`user`, `route`, `key`).
-    pub fn count_rate_limited(&self, limit: &str) {
-        self.edge_rate_limited
-            .get_or_create(&LimitLabel {
-                limit: limit.to_string(),
-            })
-            .inc();
-    }
-
-    /// Counts one event published to `stream`.
-    pub fn published_to(&self, stream: &str) {
-        self.published
-            .get_or_create(&StreamLabel {
-                stream: stream.to_string(),
-            })
-            .inc();
-    }
-
-    /// Records a health snapshot read from Redis.
-    pub fn record_health(&self, snap: &crate::health::Snapshot) {
+    /// Records a health snapshot read from Redis (through
+    /// [`crate::internal_events::HealthRefreshed`]).
+    pub(crate) fn record_health(&self, snap: &crate::health::Snapshot) {
         for (stream, len) in &snap.streams {
             self.stream_length
                 .get_or_create(&StreamLabel {

@@ -37,8 +37,9 @@ use crate::config::parse_stream_name;
 use crate::envelope::{Envelope, now_ms};
 use crate::handlers::{Event, Handler, HandlerError, MAX_ROUNDS, Op, Reply, Step};
 use crate::internal_events::{
-    ChainConflict, CommitAbandoned, DuplicatesSkipped, EntriesConsumed, EntriesDeadLettered,
-    EntriesLeftPending, EntryDeadLettered, EventCommitted, EventsRetried,
+    ChainConflict, CommitAbandoned, CommitBatch, DuplicatesSkipped, EntriesConsumed,
+    EntriesDeadLettered, EntriesLeftPending, EntryDeadLettered, EventCommitted, EventsPublished,
+    EventsRetried,
 };
 use crate::metrics::{GroupLabel, Metrics};
 use crate::shutdown::Shutdown;
@@ -546,12 +547,11 @@ async fn commit(
         .zip(steps)
         .map(|(w, step)| round_item(&g.name, w, step))
         .collect();
-    ctx.metrics
-        .commit_batch_size
-        .get_or_create(&GroupLabel {
-            group: g.name.clone(),
-        })
-        .observe(items.len() as f64);
+    CommitBatch {
+        group: &g.name,
+        size: items.len(),
+    }
+    .emit(&ctx.metrics);
     let mut backoff = redis_backoff();
     let mut sd = shutdown.clone();
     loop {
@@ -641,7 +641,11 @@ impl Batch {
                     if is_final {
                         if let Step::Done { emit, .. } = step {
                             for e in emit {
-                                m.published_to(&e.stream);
+                                EventsPublished {
+                                    stream: &e.stream,
+                                    count: 1,
+                                }
+                                .emit(m);
                             }
                         }
                         self.report.committed += 1;

@@ -51,6 +51,7 @@ use crate::bus::Redis;
 use crate::bus::ratelimit::{self, Bucket};
 use crate::bus::status::Snapshot;
 use crate::config::{ApiKey, Config, Scope};
+use crate::internal_events::{HandlerPanicked, HttpRequestAnswered, RequestRateLimited};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use auth::Caller;
@@ -195,7 +196,10 @@ impl Edge {
             && let Some(until) = self.blocked_until(ip)
         {
             // Over the limit: refuse without even comparing the key, so guessing stays slow.
-            self.metrics.count_rate_limited("auth_failures");
+            RequestRateLimited {
+                limit: "auth_failures",
+            }
+            .emit(&self.metrics);
             return Err(self.too_many_failures(until.saturating_duration_since(Instant::now())));
         }
         match auth::authenticate(&self.config.edge, &self.keys, headers) {
@@ -227,7 +231,10 @@ impl Edge {
         if let Some(ip) = ip {
             self.block(ip, v.retry_after);
         }
-        self.metrics.count_rate_limited("auth_failures");
+        RequestRateLimited {
+            limit: "auth_failures",
+        }
+        .emit(&self.metrics);
         self.too_many_failures(v.retry_after)
     }
 
@@ -367,7 +374,7 @@ impl Edge {
         ];
         if !v.allowed {
             let kind = kinds.get(v.bucket).copied().unwrap_or("user");
-            self.metrics.count_rate_limited(kind);
+            RequestRateLimited { limit: kind }.emit(&self.metrics);
             let mut e = ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limited",
@@ -399,7 +406,10 @@ impl Edge {
             && let Some(ip) = ctx.peer.map(|p| p.ip())
             && let Some(until) = self.blocked_until(ip)
         {
-            self.metrics.count_rate_limited("auth_failures");
+            RequestRateLimited {
+                limit: "auth_failures",
+            }
+            .emit(&self.metrics);
             return Err(self.too_many_failures(until.saturating_duration_since(Instant::now())));
         }
         if self.keys.is_empty() {
@@ -565,8 +575,13 @@ async fn observe(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Res
     };
     let started = Instant::now();
     let resp = next.run(req).await;
-    edge.metrics
-        .http_request(&route, method, resp.status().as_u16(), started.elapsed());
+    HttpRequestAnswered {
+        route: &route,
+        method,
+        status: resp.status().as_u16(),
+        took: started.elapsed(),
+    }
+    .emit(&edge.metrics);
     resp
 }
 
@@ -613,8 +628,7 @@ pub fn router(edge: Arc<Edge>) -> Router {
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             move |_: Box<dyn std::any::Any + Send + 'static>| {
-                panics.metrics.http_panics.inc();
-                tracing::error!("edge: a request handler panicked (answered 500)");
+                HandlerPanicked.emit(&panics.metrics);
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal",

@@ -33,6 +33,7 @@ use crate::config::{StreamConfig, hex, visible_ascii};
 use crate::envelope::{ContentType, Envelope};
 use crate::events::schema::{self, Problem};
 use crate::events::streams;
+use crate::internal_events::{EventsPublished, IdempotentReplay};
 
 /// The field a validation message is about (`missing field `x``, `x: reason`).
 fn field_of(msg: &str) -> Option<String> {
@@ -330,7 +331,11 @@ async fn store(
         }
         .map_err(|e| ApiError::redis(&e))?;
         for (s, _) in &events {
-            edge.metrics.published_to(s);
+            EventsPublished {
+                stream: s,
+                count: 1,
+            }
+            .emit(&edge.metrics);
         }
         return Ok(Outcome {
             events: events
@@ -386,9 +391,11 @@ async fn store(
         .map_err(|e| ApiError::redis(&e))?;
         let (record, replayed) = match outcome {
             IdemOutcome::Published(r) => {
-                for _ in &envs {
-                    edge.metrics.published_to(&stream);
+                EventsPublished {
+                    stream: &stream,
+                    count: envs.len(),
                 }
+                .emit(&edge.metrics);
                 (r, false)
             }
             IdemOutcome::Replayed(r) => (r, true),
@@ -403,7 +410,7 @@ async fn store(
         }
     }
     if all_replayed {
-        edge.metrics.edge_idempotent_replays.inc();
+        IdempotentReplay.emit(&edge.metrics);
     }
     let extra = match first_extra.and_then(|t| serde_json::from_str::<Value>(&t).ok()) {
         Some(Value::Object(m)) => m,

@@ -23,6 +23,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt as _;
 
 use super::Edge;
+use crate::internal_events::RequestRateLimited;
 use crate::shutdown::Shutdown;
 
 /// Open connections per client address.
@@ -158,7 +159,10 @@ pub async fn serve(
         };
         let Some(slot) = PerClient::take(&per_client, peer.ip(), cfg.max_connections_per_client)
         else {
-            edge.metrics.count_rate_limited("connections");
+            RequestRateLimited {
+                limit: "connections",
+            }
+            .emit(&edge.metrics);
             drop(stream);
             continue;
         };
