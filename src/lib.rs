@@ -5,13 +5,16 @@
 //! - a handler: `handlers/<domain>/<name>.rs` is the handler `<domain>.<name>` with its
 //!   unit tests, bound to its name in `handlers/registry.rs`;
 //! - a metric: declared and registered in `metrics.rs` (one place for every exported
-//!   metric, with the methods that update it), called where things happen (the delivery
-//!   engine, the edge) and from the health snapshot (`health.rs`);
+//!   metric family and its labels); updated only by the named events of
+//!   `internal_events.rs` (each updates its metric and writes its log line together),
+//!   which the delivery engine, the edge and the daemon's health loop emit;
 //! - a route: `edge/mod.rs` builds the router; each route's handler is in `edge/publish.rs`,
 //!   `edge/reads.rs`, `edge/ops.rs` or `edge/console.rs` (the table in [`edge`]);
 //! - a Redis call: only under `bus/`; the edge and the CLI read through the typed
 //!   functions of `bus/query.rs`; every Lua script is in `bus/` too, in or beside the Rust
-//!   that calls it.
+//!   that calls it;
+//! - a subcommand: its arguments in `cli/args.rs`, what it does in the file of its family
+//!   (`cli/check.rs`, `admin.rs`, `run.rs`, `key.rs`, `events.rs`, `ops.rs`).
 //!
 //! Module map:
 //!
@@ -37,9 +40,10 @@
 //!   inputs) and the dead-letter reasons, read by `bus::status`, exported by `metrics`.
 //! - [`kpi`]: business KPIs computed from the analytics counters in Redis.
 //! - [`metrics`]: every exported metric, in one place.
-//! - [`internal_events`]: what happens on the delivery path as named events (`EventCommitted`,
-//!   `EntriesDeadLettered`, `LostEntries`, ...), each updating its metric and writing its
-//!   log line together; beside `metrics`, used by `bus`.
+//! - [`internal_events`]: what happens as named events (`EventCommitted`,
+//!   `EntriesDeadLettered`, `LostEntries`, `HttpRequestAnswered`, `HealthRefreshFailed`,
+//!   ...), each updating its metric and writing its log line together; beside `metrics`,
+//!   used by `bus`, `edge` and `daemon`.
 //! - [`bus`]: everything that talks to Redis: the client wrapper, declaration, consuming,
 //!   the commit protocol, reclaiming, dead letters, publishing, retention, status, and
 //!   `query` (typed reads for the edge and the CLI).
@@ -52,7 +56,8 @@
 //! - [`shutdown`]: the shutdown signal every loop listens to.
 //! - [`watchdog`]: liveness of the delivery loops and the systemd watchdog fed from it.
 //! - [`logging`]: text or JSON-lines logs.
-//! - [`cli`]: the `astra-bus` command line.
+//! - [`cli`]: the `astra-bus` command line: `args.rs` the argument model, one file per
+//!   subcommand family, `mod.rs` the `main` that dispatches to them.
 
 // Imports point one way (`tests/layers.rs` checks it, naming file:line, and that the graph
 // has no cycle): the bottom (`envelope`, `events`, `calendar`, `group`, `handler`,
