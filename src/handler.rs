@@ -518,7 +518,13 @@ impl Step {
 }
 
 /// Builds a handler for a group from its options; errors say which option is wrong.
-pub type Constructor = fn(&GroupConfig) -> Result<Arc<dyn Handler>, String>;
+/// Any closure or function of that shape: an embedder's constructor may capture what its
+/// handlers share (a lookup table, a client's settings), see [`crate::handlers::Registry`].
+pub type Constructor =
+    Arc<dyn Fn(&GroupConfig) -> Result<Arc<dyn Handler>, String> + Send + Sync + 'static>;
+
+/// A constructor that is a plain function (each built-in handler's `build`).
+pub type BuildFn = fn(&GroupConfig) -> Result<Arc<dyn Handler>, String>;
 
 /// Most rounds one event may take; a handler that needs more has a bug (or a livelock).
 pub const MAX_ROUNDS: usize = 16;

@@ -15,7 +15,7 @@ pub(super) fn catalog(cli: &Cli, format: crate::catalog::Format) -> anyhow::Resu
 /// Validates the configuration and the handler options; prints the topology or every
 /// problem.
 pub(super) fn check(cli: &Cli) -> ExitCode {
-    let cfg = match Config::load(&cli.config) {
+    let cfg = match super::load_config(cli) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -28,7 +28,7 @@ pub(super) fn check(cli: &Cli) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Err(errors) = crate::handlers::Registry::builtin().check(&cfg.groups) {
+    if let Err(errors) = super::registry().check(&cfg.groups) {
         for e in &errors {
             eprintln!("{e}");
         }

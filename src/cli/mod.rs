@@ -6,6 +6,10 @@
 //! [`check`] (`check`, `catalog`), [`admin`] (`declare`, `functions`), [`run`] (the
 //! daemon), [`key`], [`events`] (`publish`, `tail`, `trace`), [`ops`] (`status`, `dlq`,
 //! `audit`).
+//!
+//! [`main`] runs it with the built-in handlers; [`main_with`] with an embedder's
+//! [`Registry`] (a binary of its own gets every subcommand, SIGHUP reload and sd-notify,
+//! and `check`, `run` and reload validate handler names and options against it).
 
 mod admin;
 mod args;
@@ -16,6 +20,7 @@ mod ops;
 mod run;
 
 use std::process::ExitCode;
+use std::sync::OnceLock;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -25,10 +30,30 @@ pub use check::topology_text;
 pub use events::describe_entry;
 
 use crate::bus::Redis;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::handlers::Registry;
 
-/// Entry point of the binary.
+/// The handlers of this process: set once by [`main_with`] before anything runs (one
+/// command line per process), so every subcommand validates and runs against the same
+/// registry without threading it through each of them.
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+
+fn registry() -> &'static Registry {
+    REGISTRY.get_or_init(Registry::builtin)
+}
+
+/// Entry point of the `astra-bus` binary: the command line with the built-in handlers.
 pub fn main() -> ExitCode {
+    main_with(Registry::builtin())
+}
+
+/// The whole command line with `registry`'s handlers: what an embedder's `main` calls
+/// (see `examples/custom-handler/`). Call it once per process.
+pub fn main_with(registry: Registry) -> ExitCode {
+    if REGISTRY.set(registry).is_err() {
+        eprintln!("error: astra_bus::cli::main_with called twice in one process");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Run { .. }) {
         // One-shot commands behave like Unix tools: `astra-bus status | head` ends quietly
@@ -63,7 +88,12 @@ pub fn main() -> ExitCode {
 }
 
 fn load(cli: &Cli) -> anyhow::Result<Config> {
-    Config::load(&cli.config).map_err(|e| anyhow::anyhow!("{e}"))
+    load_config(cli).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The config, with handler names checked against this process's registry.
+fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    Config::load_for(&cli.config, |k| std::env::var(k).ok(), registry())
 }
 
 async fn connect(cfg: &Config) -> anyhow::Result<Redis> {

@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use super::{Cli, load};
-use crate::config::Config;
 use crate::daemon::RunOptions;
 use crate::shutdown::Shutdown;
 
@@ -50,16 +49,16 @@ pub(super) async fn run_daemon(cli: &Cli, role: &str) -> anyhow::Result<ExitCode
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
             })),
             liveness: liveness.clone(),
-            ..RunOptions::default()
+            registry: super::registry().clone(),
         };
         let mut daemon = tokio::spawn(crate::daemon::run_with(cfg.clone(), opts, shutdown));
         let reload = loop {
             tokio::select! {
                 _ = term.recv() => break None,
                 _ = tokio::signal::ctrl_c() => break None,
-                _ = hup.recv() => match Config::load(&cli.config).map_err(|e| e.to_string()).and_then(|new| {
+                _ = hup.recv() => match super::load_config(cli).map_err(|e| e.to_string()).and_then(|new| {
                     // Handler options are part of the config: a reload they break is refused.
-                    crate::handlers::Registry::builtin().check(&new.groups).map(|()| new).map_err(|e| e.join("\n"))
+                    super::registry().check(&new.groups).map(|()| new).map_err(|e| e.join("\n"))
                 }) {
                     Ok(new) => {
                         tracing::info!("SIGHUP: configuration reloaded, restarting groups");

@@ -13,7 +13,7 @@
 
 pub use crate::calendar::{civil_from_days, utc_day};
 pub use crate::handler::{
-    Constructor, Emit, Event, Handler, HandlerError, KeyType, MAX_ROUNDS, Op, Reply, Step,
+    BuildFn, Constructor, Emit, Event, Handler, HandlerError, KeyType, MAX_ROUNDS, Op, Reply, Step,
     allowed_commands,
 };
 

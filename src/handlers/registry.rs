@@ -1,12 +1,18 @@
 //! The handlers this binary knows, by the name configs use: the one place handler names
 //! are bound to code.
+//!
+//! Embedders build their own: start from [`Registry::builtin`] (or [`Registry::empty`]),
+//! [`Registry::insert`] a constructor per handler name (a function, or a closure that
+//! captures what its handlers share), and hand it to `astra_bus::cli::main_with` (the
+//! whole command line: `run`, `check`, SIGHUP reload, sd-notify, the edge) or to
+//! `astra_bus::daemon::run_with`. `examples/custom-handler/` is such a binary.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{analytics, builtin, financial, gamification, nft, social, trading, user};
 use crate::group::GroupConfig;
-use crate::handler::{Constructor, Handler};
+use crate::handler::{BuildFn, Constructor, Handler};
 
 /// The handlers this binary knows, by the name configs use.
 #[derive(Clone)]
@@ -17,9 +23,7 @@ pub struct Registry {
 impl Registry {
     /// Every built-in handler. This is the one place handler names are bound to code.
     pub fn builtin() -> Registry {
-        let mut r = Registry {
-            ctors: BTreeMap::new(),
-        };
+        let mut r = Registry::empty();
         r.insert("builtin.forward", builtin::Forward::build);
         r.insert("builtin.count_by_user", builtin::CountByUser::build);
         for (name, ctor) in domain_handlers() {
@@ -28,10 +32,46 @@ impl Registry {
         r
     }
 
-    /// Adds (or replaces) a handler; tests register their own this way.
-    pub fn insert(&mut self, name: &'static str, ctor: Constructor) -> &mut Self {
-        self.ctors.insert(name, ctor);
+    /// No handlers at all (an embedder that runs only its own).
+    pub fn empty() -> Registry {
+        Registry {
+            ctors: BTreeMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) the handler `name`: `ctor` builds it for each group that names
+    /// it, from the group's settings and `options` (an `Err` names the wrong option and
+    /// is reported with the options' `file:line:col` by `check`, at start and on reload).
+    /// A function (`MyHandler::build`) or a closure; a closure may capture state its
+    /// handlers share (clone an `Arc` into each). A handler must still decide as a pure
+    /// function of the event and its recorded replies (see [`Handler::step`]).
+    pub fn insert<F>(&mut self, name: &'static str, ctor: F) -> &mut Self
+    where
+        F: Fn(&GroupConfig) -> Result<Arc<dyn Handler>, String> + Send + Sync + 'static,
+    {
+        self.ctors.insert(name, Arc::new(ctor) as Constructor);
         self
+    }
+
+    /// [`Registry::insert`] as a builder: `Registry::builtin().with("x.y", X::build)`.
+    pub fn with<F>(mut self, name: &'static str, ctor: F) -> Self
+    where
+        F: Fn(&GroupConfig) -> Result<Arc<dyn Handler>, String> + Send + Sync + 'static,
+    {
+        self.insert(name, ctor);
+        self
+    }
+
+    /// Registers one shared handler value under `name`: every group naming it gets the
+    /// same instance (a struct holding state that needs no per-group options; a group
+    /// that sets `options` anyway is refused, so a typo is not silently ignored).
+    pub fn insert_shared(&mut self, name: &'static str, handler: Arc<dyn Handler>) -> &mut Self {
+        self.insert(name, move |g: &GroupConfig| {
+            if let Some(k) = g.options.keys().next() {
+                return Err(format!("unknown option {k:?} (handler {name} takes none)"));
+            }
+            Ok(handler.clone())
+        })
     }
 
     /// Known names, sorted.
@@ -71,7 +111,7 @@ impl Registry {
 }
 
 /// The domain handlers (one file per domain).
-fn domain_handlers() -> Vec<(&'static str, Constructor)> {
+fn domain_handlers() -> Vec<(&'static str, BuildFn)> {
     let mut v = vec![];
     v.extend(trading::handlers());
     v.extend(gamification::handlers());

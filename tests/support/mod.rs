@@ -460,10 +460,21 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts `astra-bus run --config dir` against `url` with consumer name `instance`.
     pub fn start(config_dir: &Path, url: &str, instance: &str, log_dir: &Path) -> DaemonProcess {
+        Self::start_bin(&bin(), config_dir, url, instance, log_dir)
+    }
+
+    /// [`DaemonProcess::start`] with another binary (an embedder's, built on the library).
+    pub fn start_bin(
+        bin: &Path,
+        config_dir: &Path,
+        url: &str,
+        instance: &str,
+        log_dir: &Path,
+    ) -> DaemonProcess {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let log = log_dir.join(format!("daemon-{instance}-{n}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin())
+        let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(config_dir)
             .env("ASTRA_REDIS_URL", url)

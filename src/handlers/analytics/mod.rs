@@ -1,7 +1,7 @@
 //! analytics domain: KPI counters ([`metrics_collection`]) and the tamper-evident audit
 //! trail ([`audit_trail`], verified with [`chain`]).
 
-use crate::handler::Constructor;
+use crate::handler::BuildFn;
 
 pub mod audit_trail;
 pub mod chain;
@@ -15,7 +15,7 @@ pub use chain::{
 pub use metrics_collection::MetricsCollection;
 
 /// The handlers of this domain, by name.
-pub fn handlers() -> Vec<(&'static str, Constructor)> {
+pub fn handlers() -> Vec<(&'static str, BuildFn)> {
     vec![
         ("analytics.metrics_collection", MetricsCollection::build),
         ("analytics.audit_trail", AuditTrail::build),

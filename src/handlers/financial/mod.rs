@@ -7,7 +7,7 @@
 //! is 0 cents, 10 bps of 50 cents (0.05 cent) is 0, 10 bps of 500 cents (0.5 cent) is 1.
 use crate::events::{SaleCompleted, SubscriptionChanged, usd_to_cents};
 use crate::group::GroupConfig;
-use crate::handler::Constructor;
+use crate::handler::BuildFn;
 use crate::handler::HandlerError;
 use crate::handlers::support::{non_empty, option, poison};
 
@@ -20,7 +20,7 @@ pub use revenue_tracking::RevenueTracking;
 pub use subscriptions::Subscriptions;
 
 /// The handlers of this domain, by name.
-pub fn handlers() -> Vec<(&'static str, Constructor)> {
+pub fn handlers() -> Vec<(&'static str, BuildFn)> {
     vec![
         ("financial.revenue_tracking", RevenueTracking::build),
         ("financial.subscriptions", Subscriptions::build),

@@ -8,7 +8,7 @@
 //! from [`crate::calendar`], [`expire_secs`] from [`crate::handlers::support`].
 
 use crate::events::{LevelUp, TradeExecuted, XpAwarded, notional_cents};
-use crate::handler::Constructor;
+use crate::handler::BuildFn;
 use crate::handler::HandlerError;
 use crate::handlers::support::require_non_empty;
 
@@ -25,7 +25,7 @@ pub use leaderboards::{Board, Leaderboards, board_key, current_board_key, curren
 pub use xp_processing::{XpProcessing, interaction_xp, xp_key};
 
 /// The handlers of this domain, by name.
-pub fn handlers() -> Vec<(&'static str, Constructor)> {
+pub fn handlers() -> Vec<(&'static str, BuildFn)> {
     vec![
         ("gamification.xp_processing", XpProcessing::build),
         ("gamification.leaderboards", Leaderboards::build),

@@ -1,6 +1,6 @@
 //! nft domain handlers: badge rewards ([`RewardDistribution`]) and marketplace statistics
 //! ([`Marketplace`]).
-use crate::handler::Constructor;
+use crate::handler::BuildFn;
 
 pub mod marketplace;
 pub mod reward_distribution;
@@ -9,7 +9,7 @@ pub use marketplace::{CollectionStats, LOW_WINDOW_MS, Marketplace, summarize};
 pub use reward_distribution::RewardDistribution;
 
 /// The handlers of this domain, by name.
-pub fn handlers() -> Vec<(&'static str, Constructor)> {
+pub fn handlers() -> Vec<(&'static str, BuildFn)> {
     vec![
         ("nft.reward_distribution", RewardDistribution::build),
         ("nft.marketplace", Marketplace::build),

@@ -5,7 +5,7 @@
 //! period helpers come from [`crate::calendar`], the payload checks from the
 //! gamification domain.
 
-use crate::handler::Constructor;
+use crate::handler::BuildFn;
 
 pub mod clan_battles;
 pub mod feed_generation;
@@ -16,7 +16,7 @@ pub use feed_generation::{FeedGeneration, FeedItem, global_feed_key, user_feed_k
 pub use influence::{Influence, InfluenceWeights, influence_key};
 
 /// The handlers of this domain, by name.
-pub fn handlers() -> Vec<(&'static str, Constructor)> {
+pub fn handlers() -> Vec<(&'static str, BuildFn)> {
     vec![
         ("social.feed_generation", FeedGeneration::build),
         ("social.clan_battles", ClanBattles::build),

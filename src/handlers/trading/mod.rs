@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::events::{TradeExecuted, notional_cents, usd_to_cents};
-use crate::handler::Constructor;
+use crate::handler::BuildFn;
 use crate::handler::{Event, HandlerError};
 use crate::handlers::support::{non_empty, poison};
 use crate::handlers::typed::Input;
@@ -20,7 +20,7 @@ pub use internal_processing::InternalProcessing;
 pub use risk_management::RiskManagement;
 
 /// The handlers of this domain, by name.
-pub fn handlers() -> Vec<(&'static str, Constructor)> {
+pub fn handlers() -> Vec<(&'static str, BuildFn)> {
     vec![
         ("trading.internal_processing", InternalProcessing::build),
         ("trading.risk_management", RiskManagement::build),

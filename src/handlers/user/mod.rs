@@ -1,6 +1,6 @@
 //! user domain handlers: the profile projection ([`ProfileUpdates`]) and notification
 //! requests ([`Notifications`]).
-use crate::handler::Constructor;
+use crate::handler::BuildFn;
 
 pub mod notifications;
 pub mod profile_updates;
@@ -9,7 +9,7 @@ pub use notifications::Notifications;
 pub use profile_updates::ProfileUpdates;
 
 /// The handlers of this domain, by name.
-pub fn handlers() -> Vec<(&'static str, Constructor)> {
+pub fn handlers() -> Vec<(&'static str, BuildFn)> {
     vec![
         ("user.profile_updates", ProfileUpdates::build),
         ("user.notifications", Notifications::build),
