@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod compat;
 pub mod custom;
 pub mod schema;
 

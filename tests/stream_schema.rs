@@ -191,3 +191,112 @@ fn a_stream_may_carry_its_own_schema_file() {
         }
     }
 }
+
+/// Adds `[[stream]]` `name` (external) with `extra` TOML lines to the config in `dir`.
+fn add_stream(dir: &TempDir, name: &str, extra: &str) {
+    let toml = dir.join("streams.toml");
+    let mut t = std::fs::read_to_string(&toml).unwrap();
+    t.push_str(&format!(
+        "\n[[stream]]\nname = \"{name}\"\ndescription = \"The next version.\"\nexternal = true\n{extra}"
+    ));
+    std::fs::write(&toml, t).unwrap();
+}
+
+fn check(dir: &TempDir) -> (bool, String) {
+    let o = Command::new(bin())
+        .args(["check", "--config", &dir.path.to_string_lossy()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    (o.status.success(), text)
+}
+
+#[test]
+fn check_says_what_a_v2_schema_breaks_for_readers_of_v1() {
+    const V2: &str = "astra.shop.order_placed.v2";
+    let v1: Value = serde_json::from_str(ORDER_SCHEMA).unwrap();
+    let with_v2 = |v2: &Value, extra: &str| {
+        let dir = with_order_stream(ORDER_SCHEMA);
+        std::fs::write(dir.join("schemas/order_placed.v2.json"), v2.to_string()).unwrap();
+        add_stream(
+            &dir,
+            V2,
+            &format!("schema = \"schemas/order_placed.v2.json\"\n{extra}"),
+        );
+        dir
+    };
+    // Narrowing is safe: a currency now required, a smaller cap on lines.
+    let mut narrower = v1.clone();
+    narrower["required"] = json!(["order_id", "amount", "lines", "currency"]);
+    narrower["properties"]["lines"]["maxItems"] = json!(2);
+    let (ok, text) = check(&with_v2(&narrower, ""));
+    assert!(ok, "{text}");
+
+    // Widening breaks v1's readers: each place named, at v2's `schema` key.
+    let mut wider = v1.clone();
+    wider["required"] = json!(["order_id", "amount"]);
+    wider["properties"]["coupon"] = json!({"type": "string"});
+    wider["properties"]["currency"] = json!({"enum": ["EUR", "USD", "GBP"]});
+    let dir = with_v2(&wider, "");
+    let (ok, text) = check(&dir);
+    assert!(!ok, "{text}");
+    let toml = std::fs::read_to_string(dir.join("streams.toml")).unwrap();
+    let line = toml
+        .lines()
+        .position(|l| l.contains("order_placed.v2.json"))
+        .unwrap()
+        + 1;
+    let head = format!(
+        "streams.toml:{line}:10: stream {V2}: schema schemas/order_placed.v2.json breaks readers of {ORDER} (schemas/order_placed.json): "
+    );
+    for place in [
+        "at /required: v1 requires \"lines\", v2 does not",
+        "at /properties/coupon: v2 allows property \"coupon\", which v1 refuses",
+        "at /properties/currency: v2 allows \"GBP\", which v1 refuses",
+    ] {
+        assert!(text.contains(&format!("{head}{place}")), "{place}\n{text}");
+    }
+    assert!(text.contains("compatibility = \"none\""), "{text}");
+
+    // Declared on purpose: accepted. A value outside the two: refused, with its place.
+    let (ok, text) = check(&with_v2(&wider, "compatibility = \"none\"\n"));
+    assert!(ok, "{text}");
+    let (ok, text) = check(&with_v2(&wider, "compatibility = \"backward\"\n"));
+    assert!(
+        !ok && text.contains(&format!(
+            "stream {V2}: compatibility \"backward\" is not one of \"forward\", \"none\""
+        )),
+        "{text}"
+    );
+
+    // A v2 with no schema accepts anything v1 refuses.
+    let dir = with_order_stream(ORDER_SCHEMA);
+    add_stream(&dir, V2, "");
+    let (ok, text) = check(&dir);
+    assert!(
+        !ok && text.contains(&format!("stream {V2}: has no schema, so it accepts payloads {ORDER} (schemas/order_placed.json) refuses")),
+        "{text}"
+    );
+
+    // The next version of a stream with a built-in contract is checked against it.
+    let trade = "astra.trading.trade_executed.v1";
+    let dir = with_order_stream(ORDER_SCHEMA);
+    let mut exported = catalog(&dir.path, "jsonschema")[trade].clone();
+    assert!(exported.is_object(), "the catalog exports {trade}");
+    std::fs::write(dir.join("schemas/trade.v2.json"), exported.to_string()).unwrap();
+    add_stream(
+        &dir,
+        "astra.trading.trade_executed.v2",
+        "schema = \"schemas/trade.v2.json\"\n",
+    );
+    let (ok, text) = check(&dir);
+    assert!(ok, "v1's own export is a compatible v2: {text}");
+    exported["properties"]["venue"] = json!({"type": "string"});
+    std::fs::write(dir.join("schemas/trade.v2.json"), exported.to_string()).unwrap();
+    let (ok, text) = check(&dir);
+    assert!(
+        !ok && text.contains("breaks readers of astra.trading.trade_executed.v1 (its built-in contract): at /properties/venue: v2 allows property \"venue\""),
+        "{text}"
+    );
+}

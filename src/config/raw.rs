@@ -120,6 +120,10 @@ pub(super) struct RawStream {
     pub(super) max_age: Option<Spanned<String>>,
     /// A JSON Schema file for the payload (relative to the config dir).
     pub(super) schema: Option<Spanned<String>>,
+    /// For `….v<n>` with n >= 2: `"forward"` (the default) checks that every payload this
+    /// version's schema accepts is one the previous version's accepts, so v1's readers are
+    /// safe; `"none"` declares the break on purpose and skips the check.
+    pub(super) compatibility: Option<Spanned<String>>,
 }
 
 /// `consumer-groups/<domain>.toml`.

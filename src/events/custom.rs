@@ -44,23 +44,23 @@ const TYPES: &[&str] = &[
 ];
 
 #[derive(Debug, Clone, Default)]
-struct Node {
-    types: Option<Vec<String>>,
-    allowed: Option<Vec<Value>>,
-    properties: Vec<(String, Node)>,
-    required: Vec<String>,
+pub(super) struct Node {
+    pub(super) types: Option<Vec<String>>,
+    pub(super) allowed: Option<Vec<Value>>,
+    pub(super) properties: Vec<(String, Node)>,
+    pub(super) required: Vec<String>,
     /// `None`: any further property; `Some(None)`: none; `Some(Some(n))`: each matches `n`.
-    additional: Option<Option<Box<Node>>>,
-    items: Option<Box<Node>>,
-    min_items: Option<u64>,
-    max_items: Option<u64>,
-    min_length: Option<u64>,
-    max_length: Option<u64>,
-    pattern: Option<regex::Regex>,
-    minimum: Option<f64>,
-    maximum: Option<f64>,
-    exclusive_minimum: Option<f64>,
-    exclusive_maximum: Option<f64>,
+    pub(super) additional: Option<Option<Box<Node>>>,
+    pub(super) items: Option<Box<Node>>,
+    pub(super) min_items: Option<u64>,
+    pub(super) max_items: Option<u64>,
+    pub(super) min_length: Option<u64>,
+    pub(super) max_length: Option<u64>,
+    pub(super) pattern: Option<regex::Regex>,
+    pub(super) minimum: Option<f64>,
+    pub(super) maximum: Option<f64>,
+    pub(super) exclusive_minimum: Option<f64>,
+    pub(super) exclusive_maximum: Option<f64>,
 }
 
 /// A compiled stream schema and its source (what the catalog exports).
@@ -68,7 +68,7 @@ struct Node {
 pub struct CustomSchema {
     /// The schema as written.
     pub source: Value,
-    root: Node,
+    pub(super) root: Node,
 }
 
 impl PartialEq for CustomSchema {
@@ -235,6 +235,11 @@ fn fail(path: &str, message: String) -> Problem {
 }
 
 impl Node {
+    /// The first violation of this node by `v` (fields named from the node down).
+    pub(super) fn check_value(&self, v: &Value) -> Result<(), Problem> {
+        self.check(v, "")
+    }
+
     fn check(&self, v: &Value, path: &str) -> Result<(), Problem> {
         if let Some(types) = &self.types {
             let t = type_of(v);

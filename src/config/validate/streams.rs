@@ -138,7 +138,104 @@ impl Validator {
                 schema,
             });
         }
+        self.versions(file, text, raw, &streams);
         streams
+    }
+
+    /// Each `….v<n>` (n >= 2) against the highest lower version declared: a place where
+    /// v<n>'s schema accepts a payload the older schema refuses is reported at v<n>'s
+    /// `schema` key (or its name when it has none), unless it says `compatibility = "none"`.
+    fn versions(&mut self, file: &str, text: &str, raw: &[RawStream], streams: &[StreamConfig]) {
+        const SHOWN: usize = 10;
+        for s in raw {
+            let name = s.name.get_ref();
+            let check = match s.compatibility.as_ref().map(|c| c.get_ref().as_str()) {
+                None | Some("forward") => true,
+                Some("none") => false,
+                Some(other) => {
+                    let c = s.compatibility.as_ref().expect("matched Some");
+                    self.at(
+                        file,
+                        text,
+                        c.span(),
+                        format!(
+                            "stream {name}: compatibility {other:?} is not one of \"forward\", \"none\""
+                        ),
+                    );
+                    continue;
+                }
+            };
+            let Some(new) = streams.iter().find(|c| &c.name == name) else {
+                continue;
+            };
+            if !check || new.version < 2 {
+                continue;
+            }
+            let Some(old) = streams
+                .iter()
+                .filter(|o| {
+                    o.domain == new.domain && o.event == new.event && o.version < new.version
+                })
+                .max_by_key(|o| o.version)
+            else {
+                continue;
+            };
+            let (old_schema, old_file) = match &old.schema {
+                Some(sc) => {
+                    let f = raw
+                        .iter()
+                        .find(|r| r.name.get_ref() == &old.name)
+                        .and_then(|r| r.schema.as_ref())
+                        .map_or(String::new(), |f| f.get_ref().clone());
+                    (Arc::clone(sc), f)
+                }
+                None => match crate::events::schema::payload(&old.name)
+                    .and_then(|p| CustomSchema::compile(p.json_schema(&[])).ok())
+                {
+                    Some(sc) => (Arc::new(sc), "its built-in contract".to_string()),
+                    None => continue, // v1 accepts any object: nothing to break
+                },
+            };
+            let span = s.schema.as_ref().map_or(s.name.span(), |f| f.span());
+            let hint = "set compatibility = \"none\" on the stream to declare the break on purpose";
+            let Some(new_schema) = &new.schema else {
+                self.at(
+                    file,
+                    text,
+                    span.clone(),
+                    format!(
+                        "stream {name}: has no schema, so it accepts payloads {} ({old_file}) refuses; give it a schema or {hint}",
+                        old.name
+                    ),
+                );
+                continue;
+            };
+            let breaks = crate::events::compat::forward_breaks(&old_schema, new_schema);
+            let new_file = s.schema.as_ref().map_or("", |f| f.get_ref().as_str());
+            for b in breaks.iter().take(SHOWN) {
+                self.at(
+                    file,
+                    text,
+                    span.clone(),
+                    format!(
+                        "stream {name}: schema {new_file} breaks readers of {} ({old_file}): {b}; {hint}",
+                        old.name
+                    ),
+                );
+            }
+            if breaks.len() > SHOWN {
+                self.at(
+                    file,
+                    text,
+                    span.clone(),
+                    format!(
+                        "stream {name}: {} more places where {new_file} breaks readers of {}",
+                        breaks.len() - SHOWN,
+                        old.name
+                    ),
+                );
+            }
+        }
     }
 
     /// Reads and checks a stream's `schema` file; a problem is reported at the `schema`
