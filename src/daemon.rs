@@ -247,14 +247,17 @@ pub async fn run_with(
         &[]
     };
     for (g, handler) in groups.iter().zip(handlers) {
-        let ctx = Arc::new(GroupContext::new(
-            redis.clone(),
-            g.clone(),
-            handler,
-            &config.daemon.instance,
-            config.daemon.dedup_ttl,
-            metrics.clone(),
-        ));
+        let ctx = Arc::new(
+            GroupContext::new(
+                redis.clone(),
+                g.clone(),
+                handler,
+                &config.daemon.instance,
+                config.daemon.dedup_ttl,
+                metrics.clone(),
+            )
+            .with_schemas(&config.streams),
+        );
         // A reader iteration is one blocking read (block + command timeout) plus, at
         // worst, one retry backoff: longer than that without an iteration means stuck.
         let bound = g.block + config.redis.command_timeout + LOOP_SLACK;

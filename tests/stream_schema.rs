@@ -6,6 +6,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::catalog::{asyncapi_validate, catalog, python};
@@ -299,4 +300,102 @@ fn check_says_what_a_v2_schema_breaks_for_readers_of_v1() {
         !ok && text.contains("breaks readers of astra.trading.trade_executed.v1 (its built-in contract): at /properties/venue: v2 allows property \"venue\""),
         "{text}"
     );
+}
+
+/// A producer that writes straight into Redis (skipping the edge and `publish`) cannot
+/// slip a payload past a stream's schema: the consuming group dead-letters it as
+/// malformed, naming the field, and processes the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_dead_letter_a_payload_that_breaks_its_streams_schema() {
+    use astra_bus::handlers::Registry;
+    use support::bus::{
+        InProc, connect, hgetall_int, load, publish_json, streams_toml, wait_until,
+    };
+
+    const GROUP: &str = "shop.order_count";
+    const DLQ: &str = "astra.bus.dead_letter.v1";
+    let server = RedisServer::start();
+    let url = server.url();
+    let redis = connect(&url).await;
+    let streams = streams_toml(&[], "").replacen(
+        "[[stream]]",
+        &format!(
+            "[[stream]]\nname = \"{ORDER}\"\ndescription = \"orders\"\nschema = \"schemas/order.json\"\n\n[[stream]]"
+        ),
+        1,
+    );
+    let dir = support::write_config(
+        &streams,
+        &[(
+            "shop",
+            &format!(
+                "[[group]]\nname = \"{GROUP}\"\nhandler = \"builtin.count_by_user\"\nreads = [\"{ORDER}\"]\n"
+            ),
+        )],
+    );
+    std::fs::create_dir_all(dir.join("schemas")).unwrap();
+    std::fs::write(
+        dir.join("schemas/order.json"),
+        json!({
+            "type": "object", "required": ["user_id", "amount"],
+            "properties": {"user_id": {"type": "string"}, "amount": {"type": "number", "minimum": 0}}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let reg = Registry::builtin();
+    let cfg = load(&dir.path, &url, "shop-1", &reg);
+    astra_bus::bus::declare::declare(&redis, &cfg)
+        .await
+        .unwrap();
+    let d = InProc::start(cfg, reg).await;
+    let (good, _) = publish_json(&redis, ORDER, r#"{"user_id":"u1","amount":5}"#, None).await;
+    let (typed, _) = publish_json(&redis, ORDER, r#"{"user_id":"u2","amount":"5"}"#, None).await;
+    let (negative, _) = publish_json(&redis, ORDER, r#"{"user_id":"u3","amount":-1}"#, None).await;
+    wait_until(
+        Duration::from_secs(20),
+        "one counted, two dead letters",
+        || {
+            let redis = redis.clone();
+            async move {
+                hgetall_int(&redis, &format!("astra:count:{GROUP}"))
+                    .await
+                    .len()
+                    == 1
+                    && support::bus::xlen(&redis, DLQ).await == 2
+            }
+        },
+    )
+    .await;
+    d.stop().await;
+    let counted = hgetall_int(&redis, &format!("astra:count:{GROUP}")).await;
+    assert_eq!(
+        counted.into_iter().collect::<Vec<_>>(),
+        [("u1".to_string(), 1)],
+        "{good}"
+    );
+    let dead = astra_bus::bus::dlq::list(&redis, DLQ, None, 10)
+        .await
+        .unwrap();
+    let mut got: Vec<(String, String, String)> = dead
+        .iter()
+        .map(|d| {
+            let f = |k: &str| d.get(k).map(str::to_string).unwrap_or_default();
+            (f("reason"), f("group"), f("error"))
+        })
+        .collect();
+    got.sort();
+    let want = |field: &str, why: &str| {
+        (
+            "malformed".to_string(),
+            GROUP.to_string(),
+            format!("payload breaks the schema of {ORDER}: {field}: {why}"),
+        )
+    };
+    let mut expected = vec![
+        want("amount", "must be number, got string"),
+        want("amount", "must be >= 0, got -1"),
+    ];
+    expected.sort();
+    assert_eq!(got, expected, "dead letters of {typed} and {negative}");
 }

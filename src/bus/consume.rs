@@ -35,6 +35,7 @@ use super::replay::resolve_replays;
 pub use super::replay::{is_replay_stream, replay_stream};
 use crate::config::parse_stream_name;
 use crate::envelope::{Envelope, now_ms};
+use crate::events::custom::CustomSchema;
 use crate::handlers::{Event, Handler, HandlerError, MAX_ROUNDS, Op, Reply, Step};
 use crate::internal_events::{
     ChainConflict, CommitAbandoned, CommitBatch, DuplicatesSkipped, EntriesConsumed,
@@ -130,6 +131,17 @@ pub fn decode_entry(stream: &str, fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Envel
         }
     }
     Ok(env)
+}
+
+/// Checks an entry's payload against its stream's declared schema; the error names the
+/// field, as the edge's 422 does.
+fn check_schema(schema: &CustomSchema, stream: &str, env: &Envelope) -> Result<(), String> {
+    let v = env
+        .data_as_json()
+        .map_err(|e| format!("field `data`: not a payload ({e})"))?;
+    schema
+        .check(&v)
+        .map_err(|p| format!("payload breaks the schema of {stream}: {p}"))
 }
 
 /// This consumer's pending entries of `group` on `stream` after `after` (exclusive; `-`
@@ -401,7 +413,10 @@ fn decode(
                 g.name
             ))
         } else {
-            decode_entry(&stream, &fields)
+            decode_entry(&stream, &fields).and_then(|env| match ctx.schemas.get(&stream) {
+                Some(schema) => check_schema(schema, &stream, &env).map(|()| env),
+                None => Ok(env),
+            })
         };
         match decoded {
             Ok(env) => {

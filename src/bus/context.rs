@@ -1,7 +1,7 @@
 //! What a group's readers share ([`GroupContext`]) and the entries this process holds
 //! while it works on them ([`Hold`]).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,8 @@ use tokio::sync::Semaphore;
 use super::client::Redis;
 use super::commit::Target;
 use super::replay::replay_stream;
-use crate::config::GroupConfig;
+use crate::config::{GroupConfig, StreamConfig};
+use crate::events::custom::CustomSchema;
 use crate::handlers::Handler;
 use crate::metrics::Metrics;
 
@@ -37,6 +38,10 @@ pub struct GroupContext {
     /// skip them, so this process never works on one entry twice at once (which would also
     /// count a second delivery against `max_deliveries`).
     pub held: Arc<std::sync::Mutex<HashSet<String>>>,
+    /// The JSON Schemas of the streams it reads that declare one (`schema` in
+    /// `streams.toml`): a payload breaking its stream's is dead-lettered as malformed
+    /// before the handler sees it (a producer that skipped the edge cannot slip one in).
+    pub schemas: HashMap<String, Arc<CustomSchema>>,
 }
 
 /// Entries held by this process while they are processed; released on drop.
@@ -100,7 +105,19 @@ impl GroupContext {
             dedup_ttl,
             metrics,
             held: Default::default(),
+            schemas: HashMap::new(),
         }
+    }
+
+    /// The same context, checking payloads against the schemas `streams` declare for the
+    /// streams the group reads.
+    pub fn with_schemas(mut self, streams: &[StreamConfig]) -> GroupContext {
+        self.schemas = streams
+            .iter()
+            .filter(|s| self.group.reads.contains(&s.name))
+            .filter_map(|s| Some((s.name.clone(), Arc::clone(s.schema.as_ref()?))))
+            .collect();
+        self
     }
 
     /// The group's replay stream: dead letters an operator replays come back to this group
