@@ -8,7 +8,7 @@
 //! there (left by a previous run), with Redis's delivery counts, so an entry that made the
 //! process crash reaches `max_deliveries` and is dead-lettered instead of crashing it
 //! forever. When Redis says the group is gone (NOGROUP), the group is re-created where it
-//! was: at the position the daemon last recorded for it ([`super::status::positions`]), or
+//! was: at the position the daemon last recorded for it ([`super::status::recorded_position`]), or
 //! at its configured `start_id` when none was ever recorded.
 
 use std::collections::HashMap;

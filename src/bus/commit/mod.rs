@@ -4,7 +4,7 @@
 //! handler round applies every event's ops, publishes the final round's derived events and
 //! acknowledges the entries, atomically, after checking every precondition of every write
 //! (key types, the entry still pending in the group, increments that stay integers). Redis
-//! Cluster: [`commit_round_cluster`], atomic per hash slot, XACK last.
+//! Cluster: [`cluster::commit_round_cluster`], atomic per hash slot, XACK last.
 //!
 //! De-duplication is by (group, event id), never by a producer-supplied field:
 //! - an event's progress over rounds lives in `astra:dedup:<group>:progress` until it
@@ -241,7 +241,7 @@ async fn read_heads(
 /// On one node (or a Sentinel-managed primary): one atomic script call, or a few when
 /// events of the batch need one key as two different types or a key has the wrong type
 /// (the events concerned fail, the others are committed). In a Redis Cluster: see
-/// [`commit_round_cluster`].
+/// [`cluster::commit_round_cluster`].
 pub async fn commit_round(
     redis: &Redis,
     target: Target<'_>,

@@ -143,7 +143,7 @@ impl Validator {
     }
 
     /// Each `….v<n>` (n >= 2) against the highest lower version declared: a place where
-    /// v<n>'s schema accepts a payload the older schema refuses is reported at v<n>'s
+    /// `v<n>`'s schema accepts a payload the older schema refuses is reported at `v<n>`'s
     /// `schema` key (or its name when it has none), unless it says `compatibility = "none"`.
     fn versions(&mut self, file: &str, text: &str, raw: &[RawStream], streams: &[StreamConfig]) {
         const SHOWN: usize = 10;
