@@ -719,9 +719,9 @@ async fn every_documented_route_answers() {
     let doc = http(port, "GET", "/openapi.json", &[], b"").await.json();
     assert_eq!(doc["openapi"], "3.0.3");
     let paths = doc["paths"].as_object().unwrap();
-    // 15 routes; the publish route once per external stream (5), the board route per board
+    // 17 routes; the publish route once per external stream (5), the board route per board
     // (3); the console's 8.
-    assert_eq!(paths.len(), 29, "{:?}", paths.keys());
+    assert_eq!(paths.len(), 31, "{:?}", paths.keys());
     wait_until(Duration::from_secs(10), "a health snapshot", || async {
         http(port, "GET", "/dashboard", &[], b"").await.status == 200
     })
@@ -731,8 +731,13 @@ async fn every_documented_route_answers() {
             .replace("{stream}", TRADE)
             .replace("{id}", "u1")
             .replace("{board}", "weekly")
-            .replace("{name}", "app.js");
-        for method in item.as_object().unwrap().keys() {
+            .replace("{name}", "app.js")
+            .replace("{service}", "probe")
+            .replace("{instance}", "i-1");
+        // DELETE last, so it removes what POST made (a 404 would mean no route).
+        let mut methods: Vec<&String> = item.as_object().unwrap().keys().collect();
+        methods.sort_by_key(|m| m.as_str() == "delete");
+        for method in methods {
             let r = match method.as_str() {
                 "get" => http(port, "GET", &path, &[("X-User-ID", "probe")], b"").await,
                 "post" => {
@@ -741,10 +746,14 @@ async fn every_documented_route_answers() {
                             json!({"events": [{"stream": TRADE, "data": trade("p1", "u1")}]})
                         }
                         "/api/v1/users/register" => json!({"user_id": "u1", "display_name": "U"}),
+                        "/v1/services/{service}/instances/{instance}" => {
+                            json!({"url": "http://127.0.0.1:9"})
+                        }
                         _ => trade("p2", "u1"),
                     };
                     post_json(port, &path, &[("X-User-ID", "probe")], &body).await
                 }
+                "delete" => http(port, "DELETE", &path, &[], b"").await,
                 m => panic!("undocumented method {m}"),
             };
             let documented = item[method]["responses"]
@@ -1157,6 +1166,31 @@ async fn the_edge_runs_as_the_least_privilege_edge_user() {
         let r = http(port, "GET", path, &[("X-User-ID", "acl-user")], b"").await;
         assert_eq!(r.status, 200, "{path}: {}", r.body);
     }
+    // The service registry, as the edge user: register, list, leave.
+    let r = post_json(
+        port,
+        "/v1/services/trading/instances/t-1",
+        &[],
+        &json!({"url": "http://127.0.0.1:8001"}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let l = http(port, "GET", "/v1/services", &[], b"").await;
+    assert_eq!(
+        (l.status, &l.json()["services"][0]["healthy"]),
+        (200, &json!(1)),
+        "{}",
+        l.body
+    );
+    let r = http(
+        port,
+        "DELETE",
+        "/v1/services/trading/instances/t-1",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     // What the edge user must not do is refused by Redis itself.
     let e = connect(&edge_url).await;
     for (cmd, args) in [

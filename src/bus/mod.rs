@@ -19,6 +19,7 @@ pub mod reclaim;
 pub mod replay;
 pub mod retention;
 pub mod script;
+pub mod services;
 pub mod status;
 pub mod trace;
 

@@ -162,6 +162,15 @@ pub enum Command {
         action: DlqAction,
     },
 
+    /// The service registry: list services and their instances' health, heartbeat an
+    /// instance (a sidecar for a service that cannot call the edge itself), or remove one.
+    ///
+    /// Example: astra-bus service list
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+
     /// Verify the tamper-evident audit log.
     ///
     /// Example: astra-bus audit verify
@@ -185,6 +194,47 @@ pub enum Command {
         /// Scan start as a duration ago, when the cid carries no time (e.g. "24h").
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         since: std::time::Duration,
+    },
+}
+
+/// `service` actions.
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Every registered service: healthy instances of the total, then each instance.
+    ///
+    /// Example: astra-bus service list --json
+    List {
+        /// Print JSON (what `GET /v1/services` answers) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Register an instance and keep it healthy: a heartbeat every third of --ttl until
+    /// SIGTERM or Ctrl-C (then it is removed), or one heartbeat with --once.
+    ///
+    /// Example: astra-bus service heartbeat trading t-1 --url http://10.0.0.7:8001
+    Heartbeat {
+        /// Service name (1-64 of a-z, 0-9, _ and -).
+        service: String,
+        /// Instance id within the service.
+        instance: String,
+        /// Where the instance answers (http:// or https://).
+        #[arg(long)]
+        url: String,
+        /// Healthy this long after each heartbeat (1s to 1h).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// Send one heartbeat and exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Remove an instance from the registry.
+    ///
+    /// Example: astra-bus service remove trading t-1
+    Remove {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        instance: String,
     },
 }
 

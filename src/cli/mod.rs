@@ -18,6 +18,7 @@ mod events;
 mod key;
 mod ops;
 mod run;
+mod services;
 
 use std::process::ExitCode;
 use std::sync::OnceLock;
@@ -25,7 +26,7 @@ use std::sync::OnceLock;
 use anyhow::Context as _;
 use clap::Parser;
 
-pub use args::{AuditAction, Cli, Command, DlqAction, KeyAction};
+pub use args::{AuditAction, Cli, Command, DlqAction, KeyAction, ServiceAction};
 pub use check::topology_text;
 pub use events::describe_entry;
 
@@ -126,6 +127,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             no_follow,
         } => events::tail(&cli, stream, *last, !*no_follow).await,
         Command::Dlq { action } => ops::dlq(&load(&cli)?, action).await,
+        Command::Service { action } => services::service(&load(&cli)?, action).await,
         Command::Audit {
             action: AuditAction::Verify,
         } => ops::audit_verify(&load(&cli)?).await,

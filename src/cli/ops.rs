@@ -12,6 +12,7 @@ use crate::config::Config;
 pub(super) async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let redis = connect(cfg).await?;
     let rows = crate::bus::status::status(&redis, cfg).await?;
+    let services = crate::bus::services::list(&redis, crate::envelope::now_ms()).await;
     redis.quit().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -40,6 +41,18 @@ pub(super) async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode>
                 "  (group missing: run declare)"
             }
         );
+    }
+    // The service registry (`astra-bus service list` has each instance).
+    match services {
+        Ok(s) if s.is_empty() => {}
+        Ok(s) => {
+            println!();
+            println!("{:<32} {:>8} {:>6}", "SERVICE", "HEALTHY", "TOTAL");
+            for s in s {
+                println!("{:<32} {:>8} {:>6}", s.name, s.healthy, s.total);
+            }
+        }
+        Err(e) => println!("\nservices: cannot read the registry: {e}"),
     }
     Ok(ExitCode::SUCCESS)
 }

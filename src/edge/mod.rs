@@ -33,6 +33,7 @@ pub mod ops;
 pub mod publish;
 pub mod reads;
 pub mod server;
+pub mod services;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -44,7 +45,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{MethodRouter, delete, get, post};
 use tokio::sync::Semaphore;
 
 use crate::bus::Redis;
@@ -469,6 +470,17 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Edge>>)> {
         (Method::GET, "/dashboard", get(ops::dashboard)),
         (Method::GET, "/v1/streams", get(ops::streams)),
         (Method::GET, "/v1/groups", get(ops::groups)),
+        (Method::GET, "/v1/services", get(services::list)),
+        (
+            Method::POST,
+            "/v1/services/{service}/instances/{instance}",
+            post(services::heartbeat),
+        ),
+        (
+            Method::DELETE,
+            "/v1/services/{service}/instances/{instance}",
+            delete(services::deregister),
+        ),
         (Method::GET, "/openapi.json", get(ops::openapi)),
         (Method::GET, "/asyncapi.json", get(ops::asyncapi)),
     ];

@@ -300,6 +300,68 @@ pub fn document_for(cfg: &Config) -> Value {
     streams.insert("503".into(), err("Redis unavailable"));
     paths.insert("/v1/streams".into(), json!({"get": ops_op("The declared stream catalog with lengths and readers", ops_keyed, streams.clone())}));
     paths.insert("/v1/groups".into(), json!({"get": ops_op("Per group and stream: length, lag, pending, consumers, dead letters", ops_keyed, streams)}));
+    let mut listed = one(
+        "200",
+        ok(
+            "Services with their instances, healthy count and total",
+            obj.clone(),
+            false,
+        ),
+    );
+    listed.insert("503".into(), err("Redis unavailable"));
+    paths.insert("/v1/services".into(), json!({"get": ops_op("The service registry: every service, how many of its instances are healthy (a heartbeat within their ttl), and each instance", ops_keyed, listed)}));
+    let names = json!([
+        {"name": "service", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"}},
+        {"name": "instance", "in": "path", "required": true, "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:@-]{1,128}$"}},
+    ]);
+    let mut beat = one(
+        "200",
+        ok(
+            "Recorded: healthy until, and how often to heartbeat",
+            obj.clone(),
+            false,
+        ),
+    );
+    for (code, why) in [
+        (
+            "400",
+            "Bad service or instance name, or a body that is not the shape",
+        ),
+        ("413", "Body over 4096 bytes"),
+        ("415", "Not application/json"),
+        (
+            "422",
+            "A url that is not absolute http(s), or ttl_ms out of range",
+        ),
+        ("503", "Redis unavailable"),
+    ] {
+        beat.insert(code.into(), err(why));
+    }
+    let mut post_op = ops_op(
+        "Register an instance of a service, or heartbeat it (idempotent): healthy for ttl_ms after each",
+        ops_keyed,
+        beat,
+    );
+    post_op["parameters"] = names.clone();
+    post_op["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["url"], "additionalProperties": false, "properties": {
+            "url": {"type": "string", "maxLength": 2048, "pattern": "^https?://[!-.0-~][!-~]*$", "description": "Where the instance answers"},
+            "ttl_ms": {"type": "integer", "minimum": 1000, "maximum": 3600000, "default": 10000,
+                       "description": "Healthy this long after the heartbeat; listed as unhealthy for twice as long again, then forgotten"}}}}}});
+    let mut gone = one("200", ok("Removed", obj.clone(), false));
+    for (code, why) in [
+        ("400", "Bad service or instance name"),
+        ("404", "No such instance (expired or never registered)"),
+        ("503", "Redis unavailable"),
+    ] {
+        gone.insert(code.into(), err(why));
+    }
+    let mut delete_op = ops_op("Remove an instance from the registry", ops_keyed, gone);
+    delete_op["parameters"] = names;
+    paths.insert(
+        "/v1/services/{service}/instances/{instance}".into(),
+        json!({"post": post_op, "delete": delete_op}),
+    );
     paths.insert("/openapi.json".into(), json!({"get": ops_op("This document (always open)", false, one("200", ok("OpenAPI 3", obj.clone(), false)))}));
     paths.insert("/asyncapi.json".into(), json!({"get": ops_op(
         "The event catalog: streams, groups and payload schemas as AsyncAPI 3.0.0 (always open; `astra-bus catalog` prints it)",

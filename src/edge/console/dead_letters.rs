@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -124,35 +124,13 @@ async fn who(edge: &Edge, headers: &HeaderMap, ctx: &RequestCtx) -> Result<Who, 
     })
 }
 
+/// A console request's JSON body (at most [`MAX_BODY_BYTES`]).
 async fn read_body<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     shape: &str,
 ) -> Result<T, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase());
-    if ct.as_deref() != Some("application/json") {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "send the body as application/json",
-        ));
-    }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("console requests are at most {MAX_BODY_BYTES} bytes"),
-            )
-        })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request("invalid_body", format!("the body must be {shape}: {e}"))
-    })
+    crate::edge::body::read_json(headers, body, MAX_BODY_BYTES, "console requests", shape).await
 }
 
 fn confirmed(g: &GroupConfig, confirm: &str, action: &str) -> Result<(), ApiError> {

@@ -14,6 +14,10 @@ pub fn openapi_paths() -> serde_json::Map<String, Value> {
             err("edge.ops = \"keys\" and no (or an unknown) key"),
         );
         r.insert("403".into(), err("The key lacks the `ops` scope"));
+        r.insert(
+            "429".into(),
+            err("Too many failed authentications from this address"),
+        );
         Value::Object(r)
     };
     let resp = |pairs: Vec<(&str, Value)>| -> serde_json::Map<String, Value> {
