@@ -16,6 +16,15 @@ use support::{RedisServer, TempDir, free_port, shipped_config_copy};
 
 /// An edge-only config on `url` listening on a free port.
 fn edge_config(url: &str, instance: &str) -> (TempDir, Config, u16) {
+    edge_config_with(url, instance, |_| None)
+}
+
+/// [`edge_config`] with more environment (`env` may read files of the config dir).
+fn edge_config_with(
+    url: &str,
+    instance: &str,
+    env: impl Fn(&str) -> Option<String> + Send + Sync + 'static,
+) -> (TempDir, Config, u16) {
     let dir = shipped_config_copy();
     let port = free_port();
     let (url, instance) = (url.to_string(), instance.to_string());
@@ -25,7 +34,7 @@ fn edge_config(url: &str, instance: &str) -> (TempDir, Config, u16) {
             "ASTRA_REDIS_URL" => Some(url.clone()),
             "ASTRA_INSTANCE" => Some(instance.clone()),
             "ASTRA_HTTP_LISTEN" => Some(format!("127.0.0.1:{port}")),
-            _ => None,
+            k => env(k),
         },
         &Registry::builtin(),
     )
@@ -337,6 +346,94 @@ async fn the_cli_heartbeats_lists_and_removes_like_the_edge() {
         Some(1),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_register_scope_lets_a_service_manage_its_own_instances_only() {
+    let server = RedisServer::start();
+    let keys_dir = TempDir::new("registry-keys");
+    let keys = keys_dir.join("keys.toml");
+    let entry = |name: &str, key: &str, scope: &str| {
+        format!(
+            "[[key]]\nname = \"{name}\"\nsha256 = \"{}\"\nscopes = [\"{scope}\"]\n",
+            astra_bus::config::hex(&astra_bus::config::key_sha256(key))
+        )
+    };
+    std::fs::write(
+        &keys,
+        entry("trading-svc", "trading-key", "register:trading")
+            + &entry("reader", "read-key", "read")
+            + &entry("operator", "ops-key", "ops"),
+    )
+    .unwrap();
+    let keys_path = keys.to_string_lossy().into_owned();
+    let (_d, cfg, port) = edge_config_with(&server.url(), "edge-keys", move |k| match k {
+        "ASTRA_EDGE_AUTH" | "ASTRA_EDGE_OPS" => Some("keys".into()),
+        "ASTRA_EDGE_KEYS_FILE" => Some(keys_path.clone()),
+        _ => None,
+    });
+    let edge = InProc::start_role(cfg, Registry::builtin(), Role::Edge).await;
+    let call = |method: &'static str, path: String, key: Option<&'static str>| async move {
+        let auth = key.map(|k| format!("Bearer {k}"));
+        let mut h: Vec<(&str, &str)> = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            h.push(("Authorization", a.as_str()));
+        }
+        http(
+            port,
+            method,
+            &path,
+            &h,
+            br#"{"url":"http://10.0.0.7:8001"}"#,
+        )
+        .await
+    };
+    let own = "/v1/services/trading/instances/t-1".to_string();
+    let other = "/v1/services/social/instances/s-1".to_string();
+    // Its own service: register and remove.
+    assert_eq!(
+        call("POST", own.clone(), Some("trading-key")).await.status,
+        200
+    );
+    // Another service, the listing, and other keys' scopes: refused, as JSON.
+    for (method, path, key, status) in [
+        ("POST", other.clone(), Some("trading-key"), 403),
+        ("GET", "/v1/services".to_string(), Some("trading-key"), 403),
+        ("POST", own.clone(), Some("read-key"), 403),
+        ("POST", own.clone(), None, 401),
+        ("DELETE", own.clone(), Some("read-key"), 403),
+    ] {
+        let r = call(method, path.clone(), key).await;
+        assert_eq!(r.status, status, "{method} {path} with {key:?}: {}", r.body);
+        assert!(r.json()["error"].is_string(), "{}", r.body);
+    }
+    // An ops key sees it; the service's key removes its own instance.
+    let r = http(
+        port,
+        "GET",
+        "/v1/services",
+        &[("Authorization", "Bearer ops-key")],
+        b"",
+    )
+    .await;
+    assert_eq!(
+        counts(&r.json()["services"], "trading").map(|c| (c.0, c.1)),
+        Some((1, 1)),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        call("DELETE", own.clone(), Some("trading-key"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call("POST", other, Some("ops-key")).await.status,
+        200,
+        "ops may register any"
     );
     edge.stop().await;
 }

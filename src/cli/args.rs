@@ -37,7 +37,7 @@ pub enum KeyAction {
     New {
         /// Who holds the key.
         name: String,
-        /// Scopes: `publish:<stream>`, `publish:<prefix>*`, `read`, `ops`, `*`.
+        /// Scopes: `publish:<stream>`, `publish:<prefix>*`, `read`, `ops`, `register:<service>`, `*`.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
         /// The user the key acts as for per-user rate limits.

@@ -129,8 +129,19 @@ pub enum Scope {
     Read,
     /// The operations routes when `edge.ops = "keys"`.
     Ops,
+    /// Register, heartbeat and remove instances of one service in the service registry
+    /// (`register:<service>`), and nothing else: what a service's own key needs.
+    Register { service: String },
     /// Everything.
     All,
+}
+
+/// Whether `s` names a service of the registry: 1-64 of `[a-z0-9_-]`, as the
+/// `/api/v1/<service>/…` path segment.
+pub fn valid_service(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl Scope {
@@ -283,9 +294,19 @@ fn parse_scope(s: &str, streams: &[StreamConfig]) -> Result<Scope, String> {
         "ops" => return Ok(Scope::Ops),
         _ => {}
     }
+    if let Some(service) = s.strip_prefix("register:") {
+        if !valid_service(service) {
+            return Err(format!(
+                "scope {s:?}: a service name is 1-64 characters of a-z, 0-9, _ and -"
+            ));
+        }
+        return Ok(Scope::Register {
+            service: service.to_string(),
+        });
+    }
     let Some(pattern) = s.strip_prefix("publish:") else {
         return Err(format!(
-            "scope {s:?} is not one of \"publish:<stream>\", \"publish:<prefix>*\", \"read\", \"ops\", \"*\""
+            "scope {s:?} is not one of \"publish:<stream>\", \"publish:<prefix>*\", \"read\", \"ops\", \"register:<service>\", \"*\""
         ));
     };
     let scope = match pattern.strip_suffix('*') {
@@ -737,6 +758,29 @@ mod tests {
         assert!(!prefix.allows_publish("astra.user.registered.v1"));
         assert!(!Scope::Read.allows_publish("astra.user.registered.v1"));
         assert!(Scope::All.allows_publish("astra.user.registered.v1"));
+    }
+
+    #[test]
+    fn register_scopes_name_one_valid_service() {
+        assert_eq!(
+            parse_scope("register:trading", &[]),
+            Ok(Scope::Register {
+                service: "trading".into()
+            })
+        );
+        for bad in ["register:", "register:Trading", "register:a/b"] {
+            let e = parse_scope(bad, &[]).unwrap_err();
+            assert!(
+                e.contains("a service name is 1-64 characters"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(
+            !Scope::Register {
+                service: "t".into()
+            }
+            .allows_publish("astra.user.registered.v1")
+        );
     }
 
     #[test]

@@ -154,6 +154,11 @@ impl Caller {
         }
     }
 
+    /// Whether the caller's key has a scope `f` accepts (or `*`; always without a key).
+    pub fn has(&self, f: impl Fn(&Scope) -> bool) -> bool {
+        self.allows(f)
+    }
+
     /// Who the caller is for idempotency records and client-chosen event ids: the key
     /// (and the user it vouches for), or with auth off the client address and its
     /// `X-User-ID`.

@@ -400,6 +400,17 @@ impl Edge {
         ctx: &RequestCtx,
         headers: &HeaderMap,
     ) -> Result<(), ApiError> {
+        self.authenticate_ops_or(ctx, headers, |_| false).await
+    }
+
+    /// [`Edge::authenticate_ops`], also letting through a key with a scope `also` accepts
+    /// (e.g. `register:<service>` on that service's registry routes).
+    pub async fn authenticate_ops_or(
+        &self,
+        ctx: &RequestCtx,
+        headers: &HeaderMap,
+        also: impl Fn(&Scope) -> bool,
+    ) -> Result<(), ApiError> {
         if !self.config.edge.ops_keyed() {
             return Ok(());
         }
@@ -429,6 +440,9 @@ impl Edge {
                 return Err(self.count_failure(ctx.peer.map(|p| p.ip()), e).await);
             }
         };
+        if caller.has(also) {
+            return Ok(());
+        }
         caller.require(Scope::Ops)
     }
 }

@@ -2,7 +2,8 @@
 //! `POST /v1/services/{service}/instances/{instance}`, leave with `DELETE` on the same
 //! path, and `GET /v1/services` lists every service with its healthy count. The registry
 //! itself lives in Redis ([`crate::bus::services`]), so every edge on it sees the same.
-//! Ops routes: a key with the `ops` scope when ops routes are keyed.
+//! Ops routes: when they are keyed, a key with the `ops` scope, or for one service's own
+//! instances a key with `register:<service>` (it may not list the others).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use serde_json::json;
 use super::error::{ApiError, json as json_response};
 use super::{Edge, RequestCtx};
 use crate::bus::services::{self, Record};
+use crate::config::Scope;
 use crate::envelope::now_ms;
 use crate::events::schema::valid_id;
 
@@ -41,12 +43,7 @@ const TTL_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 const MAX_URL: usize = 2048;
 const MAX_BODY: usize = 4096;
 
-/// Whether `s` names a service: 1-64 of `[a-z0-9_-]`, as the `/api/v1/<service>/…` segment.
-pub fn valid_service(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
+pub use crate::config::valid_service;
 
 /// Checks a URL an instance gives for itself: absolute http(s), a host, no whitespace.
 pub fn valid_url(u: &str) -> Result<(), String> {
@@ -66,13 +63,26 @@ pub fn valid_url(u: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn names(p: Result<Path<(String, String)>, PathRejection>) -> Result<(String, String), ApiError> {
+/// Who may change `service`'s instances: an ops key, or its own `register:<service>` key;
+/// then the two names are checked (so a caller without rights learns nothing from a 400).
+async fn authorized_names(
+    edge: &Edge,
+    ctx: &RequestCtx,
+    headers: &HeaderMap,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<(String, String), ApiError> {
     let (service, instance) = p.map(|Path(p)| p).map_err(|e| {
         ApiError::bad_request(
             "invalid_path",
             format!("/v1/services/{{service}}/instances/{{instance}}: {e}"),
         )
     })?;
+    edge.authenticate_ops_or(
+        ctx,
+        headers,
+        |s| matches!(s, Scope::Register { service: mine } if *mine == service),
+    )
+    .await?;
     if !valid_service(&service) {
         return Err(ApiError::bad_request(
             "invalid_service",
@@ -98,8 +108,7 @@ pub async fn heartbeat(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&ctx, &headers).await?;
-    let (service, instance) = names(p)?;
+    let (service, instance) = authorized_names(&edge, &ctx, &headers, p).await?;
     let hb: Heartbeat = super::body::read_json(
         &headers,
         body,
@@ -150,8 +159,7 @@ pub async fn deregister(
     p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    edge.authenticate_ops(&ctx, &headers).await?;
-    let (service, instance) = names(p)?;
+    let (service, instance) = authorized_names(&edge, &ctx, &headers, p).await?;
     let redis = edge.redis()?;
     let was = services::deregister(redis, &service, &instance)
         .await
