@@ -301,3 +301,41 @@ fn check_rejects_bad_handler_options_with_their_location() {
         "{err}"
     );
 }
+
+#[test]
+fn key_new_refuses_a_scope_it_cannot_parse_and_says_why() {
+    for (scope, why) in [
+        ("bogus", "scope \"bogus\" is not one of"),
+        ("register:Trading", "a service name is 1-64 characters"),
+        (
+            "publish:",
+            "publish: needs a stream name or a prefix ending in *",
+        ),
+    ] {
+        let o = run(
+            &["key", "new", "k", "--scope", scope],
+            "redis://127.0.0.1:1",
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(why), "{scope}: {err}");
+        assert!(o.stdout.is_empty(), "no key printed for {scope}");
+    }
+    let o = run(
+        &[
+            "key",
+            "new",
+            "trading-svc",
+            "--scope",
+            "register:trading",
+            "--scope",
+            "publish:astra.trading.*",
+        ],
+        "redis://127.0.0.1:1",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        stdout(&o).contains("scopes = [\"register:trading\", \"publish:astra.trading.*\"]"),
+        "{}",
+        stdout(&o)
+    );
+}

@@ -11,6 +11,10 @@ pub(super) fn key_command(action: &KeyAction) -> anyhow::Result<ExitCode> {
     use crate::config::{hex, key_sha256};
     match action {
         KeyAction::New { name, scopes, user } => {
+            // The form only: a publish scope's streams are checked when the config loads.
+            for s in scopes {
+                crate::config::scope_syntax(s).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
             let mut raw = [0u8; 32];
             std::fs::File::open("/dev/urandom")
                 .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))

@@ -288,6 +288,18 @@ fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 /// Parses one scope string; `streams` are the declared streams (a publish scope must match
 /// at least one, which catches typos).
 fn parse_scope(s: &str, streams: &[StreamConfig]) -> Result<Scope, String> {
+    let scope = scope_syntax(s)?;
+    if let Scope::Publish { .. } = scope
+        && !streams.iter().any(|st| scope.allows_publish(&st.name))
+    {
+        return Err(format!("scope {s:?} matches no declared stream"));
+    }
+    Ok(scope)
+}
+
+/// Parses one scope string without the config (`astra-bus key new`): its form only; a
+/// publish scope's streams are checked when the config loads.
+pub fn scope_syntax(s: &str) -> Result<Scope, String> {
     match s {
         "*" => return Ok(Scope::All),
         "read" => return Ok(Scope::Read),
@@ -309,7 +321,12 @@ fn parse_scope(s: &str, streams: &[StreamConfig]) -> Result<Scope, String> {
             "scope {s:?} is not one of \"publish:<stream>\", \"publish:<prefix>*\", \"read\", \"ops\", \"register:<service>\", \"*\""
         ));
     };
-    let scope = match pattern.strip_suffix('*') {
+    if pattern.is_empty() || !pattern.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "scope {s:?}: publish: needs a stream name or a prefix ending in *"
+        ));
+    }
+    Ok(match pattern.strip_suffix('*') {
         Some(prefix) => Scope::Publish {
             prefix: prefix.to_string(),
             exact: false,
@@ -318,11 +335,7 @@ fn parse_scope(s: &str, streams: &[StreamConfig]) -> Result<Scope, String> {
             prefix: pattern.to_string(),
             exact: true,
         },
-    };
-    if !streams.iter().any(|st| scope.allows_publish(&st.name)) {
-        return Err(format!("scope {s:?} matches no declared stream"));
-    }
-    Ok(scope)
+    })
 }
 
 /// 1 to `max` visible ASCII characters: what the edge accepts where a client's string
