@@ -17,8 +17,15 @@ use super::custom::{CustomSchema, Node};
 /// Each place where a payload valid under `new` is refused by `old`, as
 /// `"at <pointer into new>: <what>"`. Empty when every `new` payload is an `old` payload.
 pub fn forward_breaks(old: &CustomSchema, new: &CustomSchema) -> Vec<String> {
+    // A payload is a JSON object whatever the root says (`CustomSchema::check` refuses
+    // anything else), so the roots are compared on objects alone: a v2 without a root
+    // `type` accepts no more than a v1 with `"type": "object"`.
+    let objects = |n: &Node| Node {
+        types: Some(vec!["object".to_string()]),
+        ..n.clone()
+    };
     let mut out = vec![];
-    node(&old.root, &new.root, "", &mut out);
+    node(&objects(&old.root), &objects(&new.root), "", &mut out);
     out
 }
 
@@ -345,6 +352,11 @@ mod tests {
         assert_eq!(breaks(v1(), narrower), Vec::<String>::new());
         // Anything is compatible with an open v1.
         assert!(breaks(json!({}), v1()).is_empty());
+        // Payloads are objects: a root without `type` is no wider than `"type": "object"`.
+        let mut untyped = v1();
+        untyped.as_object_mut().unwrap().remove("type");
+        assert_eq!(breaks(v1(), untyped.clone()), Vec::<String>::new());
+        assert_eq!(breaks(untyped, v1()), Vec::<String>::new());
     }
 
     type Patch = Box<dyn Fn(&mut Value)>;
