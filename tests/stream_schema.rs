@@ -48,15 +48,6 @@ fn with_order_stream(schema: &str) -> TempDir {
 #[test]
 fn a_stream_may_carry_its_own_schema_file() {
     // `check` refuses a schema file it cannot enforce, naming the file and the reason.
-    let check = |dir: &TempDir| {
-        let o = Command::new(bin())
-            .args(["check", "--config", &dir.path.to_string_lossy()])
-            .output()
-            .unwrap();
-        let text =
-            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-        (o.status.success(), text)
-    };
     for (schema, reason) in [
         (
             ORDER_SCHEMA.replace("\"minItems\": 1", "\"oneOf\": []"),
@@ -203,6 +194,7 @@ fn add_stream(dir: &TempDir, name: &str, extra: &str) {
     std::fs::write(&toml, t).unwrap();
 }
 
+/// Runs `astra-bus check` on `dir`: whether it passed, and what it printed.
 fn check(dir: &TempDir) -> (bool, String) {
     let o = Command::new(bin())
         .args(["check", "--config", &dir.path.to_string_lossy()])

@@ -12,12 +12,14 @@ use crate::config::Config;
 pub(super) async fn status(cfg: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let redis = connect(cfg).await?;
     let rows = crate::bus::status::status(&redis, cfg).await?;
-    let services = crate::bus::services::list(&redis, crate::envelope::now_ms()).await;
-    redis.quit().await;
     if json {
+        redis.quit().await;
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
+    // The table ends with the service registry; the JSON stays the groups' rows.
+    let services = crate::bus::services::list(&redis, crate::envelope::now_ms()).await;
+    redis.quit().await;
     println!(
         "{:<32} {:<44} {:>9} {:>8} {:>8} {:>12} {:>9} {:>6}",
         "GROUP", "STREAM", "LENGTH", "LAG", "PENDING", "OLDEST_PEND", "CONSUMERS", "DLQ"

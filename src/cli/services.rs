@@ -1,19 +1,36 @@
 //! `astra-bus service list | heartbeat | remove`: the service registry from the shell.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{ServiceAction, connect};
 use crate::bus::services::{self, Record};
 use crate::config::Config;
-use crate::edge::services::{valid_service, valid_url};
+use crate::edge::services::check_heartbeat;
 use crate::envelope::now_ms;
-use crate::events::schema::valid_id;
 
 pub(super) async fn service(cfg: &Config, action: &ServiceAction) -> anyhow::Result<ExitCode> {
+    // Bad arguments are refused before anything connects.
+    match action {
+        ServiceAction::List { .. } => {}
+        ServiceAction::Heartbeat {
+            service,
+            instance,
+            url,
+            ttl,
+            ..
+        } => {
+            check_names(service, instance)?;
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            check_heartbeat(url, ttl_ms).map_err(|r| {
+                let flag = if r.field == "url" { "--url" } else { "--ttl" };
+                anyhow::anyhow!("{flag}: {}", r.why)
+            })?;
+        }
+        ServiceAction::Remove { service, instance } => check_names(service, instance)?,
+    }
     let redis = connect(cfg).await?;
     match action {
         ServiceAction::List { json } => {
@@ -47,13 +64,6 @@ pub(super) async fn service(cfg: &Config, action: &ServiceAction) -> anyhow::Res
             ttl,
             once,
         } => {
-            check_names(service, instance)?;
-            if let Err(why) = valid_url(url) {
-                bail!("--url {url:?} {why}");
-            }
-            if *ttl < Duration::from_secs(1) || *ttl > Duration::from_secs(3600) {
-                bail!("--ttl must be 1s to 1h");
-            }
             let beat = || async {
                 let rec = Record {
                     url: url.clone(),
@@ -91,7 +101,6 @@ pub(super) async fn service(cfg: &Config, action: &ServiceAction) -> anyhow::Res
             Ok(ExitCode::SUCCESS)
         }
         ServiceAction::Remove { service, instance } => {
-            check_names(service, instance)?;
             if services::deregister(&redis, service, instance).await? {
                 println!("{service}/{instance} removed");
                 Ok(ExitCode::SUCCESS)
@@ -106,13 +115,12 @@ pub(super) async fn service(cfg: &Config, action: &ServiceAction) -> anyhow::Res
 }
 
 fn check_names(service: &str, instance: &str) -> anyhow::Result<()> {
-    if !valid_service(service) {
-        bail!("service {service:?}: a service name is 1-64 characters of a-z, 0-9, _ and -");
-    }
-    if !valid_id(instance) {
-        bail!(
-            "instance {instance:?}: an instance id is 1-128 characters of A-Z, a-z, 0-9 and . _ : @ -"
-        );
-    }
-    Ok(())
+    crate::edge::services::check_names(service, instance).map_err(|r| {
+        let value = if r.field == "service" {
+            service
+        } else {
+            instance
+        };
+        anyhow::anyhow!("{} {value:?}: {}", r.field, r.why)
+    })
 }

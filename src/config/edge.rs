@@ -136,6 +136,9 @@ pub enum Scope {
     All,
 }
 
+/// What [`valid_service`] asks, as error messages say it.
+pub const SERVICE_NAME_RULE: &str = "a service name is 1-64 characters of a-z, 0-9, _ and -";
+
 /// Whether `s` names a service of the registry: 1-64 of `[a-z0-9_-]`, as the
 /// `/api/v1/<service>/…` path segment.
 pub fn valid_service(s: &str) -> bool {
@@ -308,9 +311,7 @@ pub fn scope_syntax(s: &str) -> Result<Scope, String> {
     }
     if let Some(service) = s.strip_prefix("register:") {
         if !valid_service(service) {
-            return Err(format!(
-                "scope {s:?}: a service name is 1-64 characters of a-z, 0-9, _ and -"
-            ));
+            return Err(format!("scope {s:?}: {SERVICE_NAME_RULE}"));
         }
         return Ok(Scope::Register {
             service: service.to_string(),

@@ -28,8 +28,8 @@ mod validate;
 
 pub use crate::envelope::parse_stream_name;
 pub use edge::{
-    ApiKey, AuthMode, EdgeConfig, RateLimitConfig, Scope, hex, key_sha256, scope_syntax,
-    valid_service, valid_user_id, visible_ascii,
+    ApiKey, AuthMode, EdgeConfig, RateLimitConfig, SERVICE_NAME_RULE, Scope, hex, key_sha256,
+    scope_syntax, valid_service, valid_user_id, visible_ascii,
 };
 pub use error::{ConfigError, Diagnostic};
 pub use model::{

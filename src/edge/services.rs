@@ -39,11 +39,52 @@ fn default_ttl_ms() -> u64 {
     10_000
 }
 
-const TTL_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
+/// The ttls a heartbeat may ask for (ms).
+pub const TTL_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 const MAX_URL: usize = 2048;
 const MAX_BODY: usize = 4096;
 
 pub use crate::config::valid_service;
+
+/// A registry request's input refused: the field to blame and why.
+pub struct Refused {
+    /// `service`, `instance`, `url` or `ttl_ms`.
+    pub field: &'static str,
+    /// What is wrong.
+    pub why: String,
+}
+
+/// Checks a service name and an instance id (the routes' path, the CLI's arguments).
+pub fn check_names(service: &str, instance: &str) -> Result<(), Refused> {
+    if !valid_service(service) {
+        return Err(Refused {
+            field: "service",
+            why: crate::config::SERVICE_NAME_RULE.into(),
+        });
+    }
+    if !valid_id(instance) {
+        return Err(Refused {
+            field: "instance",
+            why: "an instance id is 1-128 characters of A-Z, a-z, 0-9 and . _ : @ -".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Checks what a heartbeat records: its `url` and `ttl_ms`.
+pub fn check_heartbeat(url: &str, ttl_ms: u64) -> Result<(), Refused> {
+    valid_url(url).map_err(|why| Refused {
+        field: "url",
+        why: format!("url {why}"),
+    })?;
+    if !TTL_MS.contains(&ttl_ms) {
+        return Err(Refused {
+            field: "ttl_ms",
+            why: format!("ttl_ms must be {} to {}", TTL_MS.start(), TTL_MS.end()),
+        });
+    }
+    Ok(())
+}
 
 /// Checks a URL an instance gives for itself: absolute http(s), a host, no whitespace.
 pub fn valid_url(u: &str) -> Result<(), String> {
@@ -83,20 +124,14 @@ async fn authorized_names(
         |s| matches!(s, Scope::Register { service: mine } if *mine == service),
     )
     .await?;
-    if !valid_service(&service) {
-        return Err(ApiError::bad_request(
-            "invalid_service",
-            "a service name is 1-64 characters of a-z, 0-9, _ and -",
-        )
-        .with("field", "service"));
-    }
-    if !valid_id(&instance) {
-        return Err(ApiError::bad_request(
-            "invalid_instance",
-            "an instance id is 1-128 characters of A-Z, a-z, 0-9 and . _ : @ -",
-        )
-        .with("field", "instance"));
-    }
+    check_names(&service, &instance).map_err(|r| {
+        let code = if r.field == "service" {
+            "invalid_service"
+        } else {
+            "invalid_instance"
+        };
+        ApiError::bad_request(code, r.why).with("field", r.field)
+    })?;
     Ok((service, instance))
 }
 
@@ -117,22 +152,10 @@ pub async fn heartbeat(
         "{\"url\": \"http://host:port\", \"ttl_ms\": 10000}",
     )
     .await?;
-    valid_url(&hb.url).map_err(|why| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_heartbeat",
-            format!("url {why}"),
-        )
-        .with("field", "url")
+    check_heartbeat(&hb.url, hb.ttl_ms).map_err(|r| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_heartbeat", r.why)
+            .with("field", r.field)
     })?;
-    if !TTL_MS.contains(&hb.ttl_ms) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_heartbeat",
-            format!("ttl_ms must be {} to {}", TTL_MS.start(), TTL_MS.end()),
-        )
-        .with("field", "ttl_ms"));
-    }
     let rec = Record {
         url: hb.url,
         ttl_ms: hb.ttl_ms,
