@@ -61,6 +61,13 @@ async fn publish(redis: &Redis, stream: &str, ts: i64, payload: serde_json::Valu
 /// (NFT seller and buyer) → 5. Revenue: fees 3 × $1.00, subscription $20, NFT 2.5% of
 /// $400 = $10.
 async fn known_traffic(redis: &Redis) {
+    // `trades_per_second` reads the last complete minute, so the test must read the
+    // metrics before the minute it publishes into stops being the last one: late in a
+    // minute, wait for the next one (the test reads well within 20 s).
+    if now_ms() % 60_000 > 40_000 {
+        let wait = 60_000 - now_ms() % 60_000 + 100;
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+    }
     let mut minute = now_ms() / 60_000 - 1;
     while utc_day(minute * 60_000) != utc_day(now_ms() + 5_000) {
         // Just after midnight: the previous minute is yesterday; wait for a clean minute.
