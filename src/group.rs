@@ -86,3 +86,11 @@ impl Default for GroupConfig {
         }
     }
 }
+
+/// Whether `s` names a service of the registry: 1-64 of `[a-z0-9_-]`, as the
+/// `/api/v1/<service>/…` path segment (`config::SERVICE_NAME_RULE` says it in words).
+pub fn valid_service_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}

@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use crate::metrics::{
-    DeadLetterLabels, GroupLabel, HttpLabels, LimitLabel, Metrics, RouteLabel, StreamGroup,
-    StreamLabel,
+    BreakerLabels, DeadLetterLabels, GroupLabel, HttpLabels, LimitLabel, Metrics, RouteLabel,
+    StreamGroup, StreamLabel, TransitionLabels, UpstreamLabels,
 };
 
 const CONSUME: &str = "astra_bus::bus::consume";
@@ -21,6 +21,7 @@ const READER: &str = "astra_bus::bus::reader";
 const RECLAIM: &str = "astra_bus::bus::reclaim";
 const DAEMON: &str = "astra_bus::daemon";
 const EDGE: &str = "astra_bus::edge";
+const UPSTREAM: &str = "astra_bus::upstream";
 
 /// A batch of entries was read by a group (`astra_consumed_total`).
 pub struct EntriesConsumed<'a> {
@@ -360,5 +361,71 @@ impl HandlerPanicked {
     pub fn emit(self, m: &Metrics) {
         m.http_panics.inc();
         tracing::error!(target: EDGE, "edge: a request handler panicked (answered 500)");
+    }
+}
+
+/// How many of a service's instances are in each breaker state, as `[closed, open,
+/// half_open]` (`astra_bus_breaker_state`).
+pub struct BreakerStates<'a> {
+    pub service: &'a str,
+    pub counts: [i64; 3],
+}
+
+impl BreakerStates<'_> {
+    pub fn emit(self, m: &Metrics) {
+        for (state, n) in ["closed", "open", "half_open"].iter().zip(self.counts) {
+            m.breaker_state
+                .get_or_create(&BreakerLabels {
+                    service: self.service.to_string(),
+                    state: state.to_string(),
+                })
+                .set(n);
+        }
+    }
+}
+
+/// An instance's circuit breaker changed state (`astra_bus_breaker_transitions_total`;
+/// a warning when it opens, an info line otherwise).
+pub struct BreakerTransitioned<'a> {
+    pub service: &'a str,
+    pub instance: &'a str,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub failures: u32,
+    pub open_for: Duration,
+}
+
+impl BreakerTransitioned<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.breaker_transitions
+            .get_or_create(&TransitionLabels {
+                service: self.service.to_string(),
+                to: self.to.to_string(),
+            })
+            .inc();
+        let open_for = humantime::format_duration(self.open_for).to_string();
+        if self.to == "open" {
+            tracing::warn!(target: UPSTREAM, service = self.service, instance = self.instance, from = self.from, to = self.to, failures = self.failures, open_for = %open_for, "upstream: circuit breaker opened; the instance gets no requests until a probe succeeds");
+        } else {
+            tracing::info!(target: UPSTREAM, service = self.service, instance = self.instance, from = self.from, to = self.to, "upstream: circuit breaker changed state");
+        }
+    }
+}
+
+/// One attempt at an instance ended (`astra_bus_upstream_requests_total`): `ok`,
+/// `error_status` (a 5xx answer), or a failure's name.
+pub struct UpstreamAttempted<'a> {
+    pub service: &'a str,
+    pub outcome: &'static str,
+}
+
+impl UpstreamAttempted<'_> {
+    pub fn emit(self, m: &Metrics) {
+        m.upstream_requests
+            .get_or_create(&UpstreamLabels {
+                service: self.service.to_string(),
+                outcome: self.outcome.to_string(),
+            })
+            .inc();
     }
 }

@@ -47,12 +47,15 @@
 //! - [`bus`]: everything that talks to Redis: the client wrapper, declaration, consuming,
 //!   the commit protocol, reclaiming, dead letters, publishing, retention, status, and
 //!   `query` (typed reads for the edge and the CLI).
+//! - [`upstream`]: talking to the services of the registry: round-robin over healthy
+//!   instances, a circuit breaker per instance (`upstream/breaker.rs`), the pooled HTTP
+//!   client (`upstream/http.rs`); above `bus` (it reads the registry), used by `edge`.
 //! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
 //! - [`catalog`]: the topology as an AsyncAPI 3.0 document and payload JSON Schemas
 //!   (`astra-bus catalog`, `/asyncapi.json`; no Redis).
 //! - [`edge`]: the HTTP edge (publish API, projection reads, `/health`, `/ready`,
-//!   `/metrics`, `/dashboard`, the operator's console at `/console`, API keys, rate
-//!   limits, idempotency).
+//!   `/metrics`, `/dashboard`, the operator's console at `/console`, the service registry
+//!   and the gateway proxy `/api/v1/<service>/…`, API keys, rate limits, idempotency).
 //! - [`shutdown`]: the shutdown signal every loop listens to.
 //! - [`watchdog`]: liveness of the delivery loops and the systemd watchdog fed from it.
 //! - [`logging`]: text or JSON-lines logs.
@@ -64,7 +67,8 @@
 // `shutdown`, `logging`, `watchdog`) imports nothing above it; `handlers` only the bottom;
 // `config` the bottom and `handlers::Registry` (handler-name validation; one way:
 // `handlers` never imports `config`); `metrics`, `internal_events`, `kpi` and `health` the bottom and
-// `handlers`' field names; `bus` all of those; `daemon`, `edge` and `cli` sit on top, and
+// `handlers`' field names; `bus` all of those; `upstream` those and `bus`; `daemon`,
+// `edge` and `cli` sit on top, and
 // only they import each other. Only `bus` names `fred` or builds a Redis command.
 // The module maps (`//!` at the top of each module) link to the private items they
 // describe, for whoever reads the code: `cargo doc --document-private-items` renders them.
@@ -88,6 +92,7 @@ pub mod kpi;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod upstream;
 pub mod watchdog;
 
 pub use daemon::run;

@@ -72,6 +72,27 @@ pub struct LimitLabel {
     pub limit: String,
 }
 
+/// Labels of breaker-state gauges: a declared service and one of three states.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BreakerLabels {
+    pub service: String,
+    pub state: String,
+}
+
+/// Labels of breaker transitions: a declared service and the state entered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub service: String,
+    pub to: String,
+}
+
+/// Labels of upstream attempts: a declared service and how the attempt ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub service: String,
+    pub outcome: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// A gauge holding fractional values.
@@ -149,6 +170,12 @@ pub struct Metrics {
     pub edge_rate_limited: Family<LimitLabel, Counter>,
     /// Publishes answered from an idempotency record (nothing published).
     pub edge_idempotent_replays: Counter,
+    /// Instances of a declared service whose breaker is in each state.
+    pub breaker_state: Family<BreakerLabels, Gauge>,
+    /// Breaker transitions by service and state entered.
+    pub breaker_transitions: Family<TransitionLabels, Counter>,
+    /// Attempts at a service's instances by outcome.
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
     /// Last totals seen, so counters advance by the difference.
     last_totals: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
 }
@@ -201,6 +228,9 @@ impl Metrics {
             http_panics: Counter::default(),
             edge_rate_limited: Family::default(),
             edge_idempotent_replays: Counter::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            upstream_requests: Family::default(),
             last_totals: Default::default(),
             registry: Registry::default(),
         };
@@ -378,6 +408,21 @@ impl Metrics {
             "astra_bus_edge_idempotent_replays",
             "Publishes answered from an idempotency record (nothing published)",
             m.edge_idempotent_replays.clone(),
+        );
+        registry.register(
+            "astra_bus_breaker_state",
+            "Instances of the service whose circuit breaker is in this state (this daemon's view)",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "astra_bus_breaker_transitions",
+            "Circuit-breaker transitions by service and the state entered",
+            m.breaker_transitions.clone(),
+        );
+        registry.register(
+            "astra_bus_upstream_requests",
+            "Attempts at a service's instances by outcome (ok, error_status, refused, timeout, lost, too_large)",
+            m.upstream_requests.clone(),
         );
         for (kpi, target) in crate::kpi::TARGETS {
             m.kpi_target

@@ -329,3 +329,68 @@ fn redis_url_names_a_single_node_a_cluster_or_sentinels() {
         "{err}"
     );
 }
+
+#[test]
+fn services_are_validated_with_their_breakers() {
+    let ok = format!(
+        "{STREAMS}\n[services.pricing]\nproxy = true\ntimeout = \"3s\"\n[services.pricing.breaker]\nfailures = 7\nopen_for = \"45s\"\n[services.quiet]\n"
+    );
+    let dir = write_config(&ok, &[("social", GROUP)]);
+    let cfg = Config::load_with_env(&dir.path, no_env).unwrap();
+    let p = cfg.service("pricing").unwrap();
+    assert!(p.proxy);
+    assert_eq!(p.timeout, std::time::Duration::from_secs(3));
+    assert_eq!(p.breaker.failures, 7);
+    assert_eq!(p.breaker.open_for, std::time::Duration::from_secs(45));
+    // The defaults: not proxied, the seeds' breaker (5 failures, 30 s).
+    let q = cfg.service("quiet").unwrap();
+    assert!(!q.proxy);
+    assert_eq!(q.breaker, astra_bus::config::BreakerConfig::default());
+    assert_eq!(q.breaker.failures, 5);
+
+    let bad = format!("{STREAMS}\n[services.Bad]\nproxy = true\n");
+    let errs = errors(&bad, GROUP);
+    let line = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_one(
+        &errs,
+        &format!(
+            "streams.toml:{}:11: services.Bad: a service name is 1-64 characters of a-z, 0-9, _ and - (it is the /api/v1/<service>/ path segment)",
+            line("[services.Bad]")
+        ),
+    );
+    let typo = errors(&format!("{STREAMS}\n[services.typo]\nprox = true\n"), GROUP);
+    assert!(
+        typo.iter().any(|e| e.contains("unknown field `prox`")),
+        "{typo:#?}"
+    );
+}
+
+#[test]
+fn service_values_out_of_range_name_their_key() {
+    let bad = format!(
+        "{STREAMS}\n[services.slow]\ntimeout = \"forever\"\n[services.slow.breaker]\nfailures = 0\nopen_for = \"2d\"\n"
+    );
+    let errs = errors(&bad, GROUP);
+    let line = |needle: &str| bad.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert_one(
+        &errs,
+        &format!(
+            "streams.toml:{}:11: services.slow.timeout: \"forever\" is not a duration (expected number at 0); write e.g. \"500ms\", \"30s\", \"7d\"",
+            line("timeout")
+        ),
+    );
+    assert_one(
+        &errs,
+        &format!(
+            "streams.toml:{}:12: services.slow.breaker.failures must be between 1 and 1000, got 0",
+            line("failures")
+        ),
+    );
+    assert_one(
+        &errs,
+        &format!(
+            "streams.toml:{}:12: services.slow.breaker.open_for must be between 10ms and 1day, got \"2d\"",
+            line("open_for")
+        ),
+    );
+}

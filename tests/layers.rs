@@ -19,6 +19,7 @@
 //! | observability | `metrics`, `internal_events`, `kpi`, `health` | bottom, `handlers` (the analytics field names), observability |
 //! | bus | `bus` | bottom, `config`, `handlers`, observability |
 //! | bus | `catalog` (the topology as AsyncAPI and JSON Schemas; no Redis) | as `bus` |
+//! | upstream | `upstream` (breakers and routing to the registry's instances) | as `bus`, and `bus` |
 //! | top | `daemon`, `edge`, `cli`, `main` | everything |
 //!
 //! `watchdog` (heartbeats of the delivery loops) and `kpi`/`health` are not in the
@@ -65,9 +66,13 @@ fn may_import(from: &str) -> Option<Vec<&'static str>> {
     if from == "bus" || from == "catalog" {
         return Some(v);
     }
+    v.push("bus");
+    if from == "upstream" {
+        return Some(v);
+    }
     if TOP.contains(&from) || from == ROOT {
-        v.push("bus");
         v.push("catalog");
+        v.push("upstream");
         v.extend(TOP);
         return Some(v);
     }

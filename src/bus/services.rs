@@ -113,32 +113,15 @@ pub async fn list(redis: &Redis, now_ms: i64) -> Result<Vec<Service>, BusError> 
     let mut out = vec![];
     let mut forget: Vec<(&'static str, Vec<fred::types::Value>)> = vec![];
     for (name, r) in names.iter().zip(reads) {
-        let mut instances = vec![];
-        for (id, v) in as_pairs(r?) {
-            let rec = as_string(&v).and_then(|s| serde_json::from_str::<Record>(&s).ok());
-            let Some(rec) = rec else {
-                forget.push(("HDEL", vec![arg(key(name)), arg(id.as_str())]));
-                continue;
-            };
-            let until = rec.seen_ms.saturating_add(rec.ttl_ms as i64);
-            let gone = rec.seen_ms.saturating_add(rec.ttl_ms as i64 * FORGET_AFTER);
-            if now_ms > gone {
-                forget.push(("HDEL", vec![arg(key(name)), arg(id.as_str())]));
-                continue;
-            }
-            instances.push(Instance {
-                id,
-                url: rec.url,
-                healthy: now_ms <= until,
-                last_heartbeat_ms: rec.seen_ms,
-                healthy_until_ms: until,
-            });
-        }
+        let (instances, gone) = parse_instances(r?, now_ms);
+        forget.extend(
+            gone.into_iter()
+                .map(|id| ("HDEL", vec![arg(key(name)), arg(id)])),
+        );
         if instances.is_empty() {
             forget.push(("HDEL", vec![arg(INDEX), arg(name.as_str())]));
             continue;
         }
-        instances.sort_by(|a, b| b.healthy.cmp(&a.healthy).then(a.id.cmp(&b.id)));
         out.push(Service {
             name: name.clone(),
             healthy: instances.iter().filter(|i| i.healthy).count(),
@@ -152,4 +135,43 @@ pub async fn list(redis: &Redis, now_ms: i64) -> Result<Vec<Service>, BusError> 
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
+}
+
+/// The instances of one `service` as of `now_ms`, healthy first (one round trip; nothing is
+/// removed: [`list`] forgets).
+pub async fn instances(
+    redis: &Redis,
+    service: &str,
+    now_ms: i64,
+) -> Result<Vec<Instance>, BusError> {
+    let r = redis.cmd("HGETALL", vec![arg(key(service))]).await?;
+    Ok(parse_instances(r, now_ms).0)
+}
+
+/// A service's hash as instances (healthy first, then by id), and the ids to forget
+/// (unreadable, or past [`FORGET_AFTER`] ttls).
+fn parse_instances(r: fred::types::Value, now_ms: i64) -> (Vec<Instance>, Vec<String>) {
+    let mut instances = vec![];
+    let mut gone = vec![];
+    for (id, v) in as_pairs(r) {
+        let rec = as_string(&v).and_then(|s| serde_json::from_str::<Record>(&s).ok());
+        let Some(rec) = rec else {
+            gone.push(id);
+            continue;
+        };
+        let until = rec.seen_ms.saturating_add(rec.ttl_ms as i64);
+        if now_ms > rec.seen_ms.saturating_add(rec.ttl_ms as i64 * FORGET_AFTER) {
+            gone.push(id);
+            continue;
+        }
+        instances.push(Instance {
+            id,
+            url: rec.url,
+            healthy: now_ms <= until,
+            last_heartbeat_ms: rec.seen_ms,
+            healthy_until_ms: until,
+        });
+    }
+    instances.sort_by(|a, b| b.healthy.cmp(&a.healthy).then(a.id.cmp(&b.id)));
+    (instances, gone)
 }

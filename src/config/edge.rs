@@ -132,6 +132,9 @@ pub enum Scope {
     /// Register, heartbeat and remove instances of one service in the service registry
     /// (`register:<service>`), and nothing else: what a service's own key needs.
     Register { service: String },
+    /// Call one service through the gateway proxy (`proxy:<service>`), or every one
+    /// (`proxy:*`, held as `service = "*"`).
+    Proxy { service: String },
     /// Everything.
     All,
 }
@@ -142,12 +145,19 @@ pub const SERVICE_NAME_RULE: &str = "a service name is 1-64 characters of a-z, 0
 /// Whether `s` names a service of the registry: 1-64 of `[a-z0-9_-]`, as the
 /// `/api/v1/<service>/…` path segment.
 pub fn valid_service(s: &str) -> bool {
-    (1..=64).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    crate::group::valid_service_name(s)
 }
 
 impl Scope {
+    /// Whether this scope allows calling `service` through the gateway proxy.
+    pub fn allows_proxy(&self, to: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Proxy { service } => service == "*" || service == to,
+            _ => false,
+        }
+    }
+
     /// Whether this scope allows publishing to `stream`.
     pub fn allows_publish(&self, stream: &str) -> bool {
         match self {
@@ -317,9 +327,19 @@ pub fn scope_syntax(s: &str) -> Result<Scope, String> {
             service: service.to_string(),
         });
     }
+    if let Some(service) = s.strip_prefix("proxy:") {
+        if service != "*" && !valid_service(service) {
+            return Err(format!(
+                "scope {s:?}: {SERVICE_NAME_RULE}, or * for every service"
+            ));
+        }
+        return Ok(Scope::Proxy {
+            service: service.to_string(),
+        });
+    }
     let Some(pattern) = s.strip_prefix("publish:") else {
         return Err(format!(
-            "scope {s:?} is not one of \"publish:<stream>\", \"publish:<prefix>*\", \"read\", \"ops\", \"register:<service>\", \"*\""
+            "scope {s:?} is not one of \"publish:<stream>\", \"publish:<prefix>*\", \"read\", \"ops\", \"register:<service>\", \"proxy:<service>\", \"proxy:*\", \"*\""
         ));
     };
     if pattern.is_empty() || !pattern.bytes().all(|b| b.is_ascii_graphic()) {
@@ -803,5 +823,20 @@ mod tests {
         assert!(!valid_user_id(""));
         assert!(!valid_user_id("a b"));
         assert!(!valid_user_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn proxy_scopes_name_one_service_or_all() {
+        let one = parse_scope("proxy:pricing", &[]).unwrap();
+        assert!(one.allows_proxy("pricing"));
+        assert!(!one.allows_proxy("billing"));
+        let all = parse_scope("proxy:*", &[]).unwrap();
+        assert!(all.allows_proxy("billing"));
+        assert!(Scope::All.allows_proxy("billing"));
+        assert!(!Scope::Read.allows_proxy("billing"));
+        for bad in ["proxy:", "proxy:Pricing", "proxy:a/b", "proxy:**"] {
+            let e = parse_scope(bad, &[]).unwrap_err();
+            assert!(e.contains("service name"), "{bad}: {e}");
+        }
     }
 }

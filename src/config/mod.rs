@@ -33,8 +33,8 @@ pub use edge::{
 };
 pub use error::{ConfigError, Diagnostic};
 pub use model::{
-    Config, DaemonConfig, GroupConfig, MetricsConfig, RedisConfig, RedisMode, RetentionConfig,
-    StartId, StreamConfig, default_instance,
+    BreakerConfig, Config, DaemonConfig, GroupConfig, MetricsConfig, RedisConfig, RedisMode,
+    RetentionConfig, ServiceConfig, StartId, StreamConfig, default_instance,
 };
 pub use url::parse_redis_url;
 // The `[edge]` section validates with the shared validator (`super::Validator`).

@@ -30,12 +30,19 @@ pub struct Config {
     pub streams: Vec<StreamConfig>,
     /// Every consumer group, resolved against the defaults, ordered by file then position.
     pub groups: Vec<GroupConfig>,
+    /// The services of the registry the daemon talks to, by name.
+    pub services: Vec<ServiceConfig>,
 }
 
 impl Config {
     /// Looks a stream up by name.
     pub fn stream(&self, name: &str) -> Option<&StreamConfig> {
         self.streams.iter().find(|s| s.name == name)
+    }
+
+    /// Looks a declared service up by name.
+    pub fn service(&self, name: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.name == name)
     }
 
     /// Looks a group up by name.
@@ -216,5 +223,60 @@ impl StreamConfig {
     /// The event type carried: `<domain>.<event>`.
     pub fn event_type(&self) -> String {
         format!("{}.{}", self.domain, self.event)
+    }
+}
+
+/// One `[services.<name>]`: a service of the registry the daemon talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Its name in the registry and in `/api/v1/<name>/…`.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// Whether the edge proxies `/api/v1/<name>/…` to it.
+    pub proxy: bool,
+    /// How long one attempt at an instance may take, answer included.
+    pub timeout: Duration,
+    /// Largest answer body relayed from an instance (a larger one is a failure).
+    pub max_response_bytes: usize,
+    /// How long a list of instances read from the registry is reused.
+    pub registry_refresh: Duration,
+    /// Each instance's circuit breaker.
+    pub breaker: BreakerConfig,
+}
+
+impl ServiceConfig {
+    /// `name` with every setting at its default: no proxy, 10s per attempt, 8 MiB
+    /// answers, the registry re-read every second, the seeds' breaker.
+    pub fn new(name: &str) -> ServiceConfig {
+        ServiceConfig {
+            name: name.to_string(),
+            description: String::new(),
+            proxy: false,
+            timeout: Duration::from_secs(10),
+            max_response_bytes: 8 << 20,
+            registry_refresh: Duration::from_secs(1),
+            breaker: BreakerConfig::default(),
+        }
+    }
+}
+
+/// A circuit breaker's thresholds (one breaker per instance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures (connection refused or lost, timeout, a 5xx answer) that open
+    /// the breaker.
+    pub failures: u32,
+    /// How long an open breaker refuses before it lets one probe through (half-open).
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    /// The seeds' gateway: open after 5 failures, probe after 30 s.
+    fn default() -> Self {
+        BreakerConfig {
+            failures: 5,
+            open_for: Duration::from_secs(30),
+        }
     }
 }

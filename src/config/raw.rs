@@ -33,6 +33,40 @@ pub(super) struct RawStreamsFile {
     /// The stream catalog.
     #[serde(default)]
     pub(super) stream: Vec<RawStream>,
+    /// Services of the registry the daemon talks to (`[services.<name>]`): the gateway
+    /// proxy's upstreams, with their timeouts and circuit breakers.
+    #[serde(default)]
+    pub(super) services: std::collections::BTreeMap<Spanned<String>, RawService>,
+}
+
+/// `[services.<name>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    /// One line on what the service does.
+    pub(super) description: Option<String>,
+    /// Route `/api/v1/<name>/…` (what the edge does not serve itself) to the service's
+    /// healthy instances.
+    pub(super) proxy: Option<bool>,
+    /// How long one attempt at an instance may take, answer included.
+    pub(super) timeout: Option<Spanned<String>>,
+    /// Largest answer body relayed from an instance.
+    pub(super) max_response_bytes: Option<Spanned<i64>>,
+    /// How long the list of instances read from the registry is reused.
+    pub(super) registry_refresh: Option<Spanned<String>>,
+    /// The circuit breaker of each instance.
+    #[serde(default)]
+    pub(super) breaker: RawBreaker,
+}
+
+/// `[services.<name>.breaker]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBreaker {
+    /// Consecutive failures that open an instance's breaker.
+    pub(super) failures: Option<Spanned<i64>>,
+    /// How long an open breaker refuses before it lets one probe through.
+    pub(super) open_for: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -192,6 +192,21 @@ pub(super) async fn read_body(
             ));
         }
     };
+    let bytes = read_limited(edge, headers, body).await?;
+    schema::well_formed(&bytes.bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
+    })?;
+    Ok((bytes, kind))
+}
+
+/// Reads a body of any kind: 413 beyond `edge.max_body_bytes`, after waiting for room in
+/// `edge.body_memory` (the whole need at once, so two half-read bodies can never wait on
+/// each other).
+pub(super) async fn read_limited(
+    edge: &Edge,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<BodyBytes, ApiError> {
     let limit = edge.config.edge.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -236,16 +251,10 @@ pub(super) async fn read_body(
             bytes.extend_from_slice(&data);
         }
     }
-    schema::well_formed(&bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}"))
-    })?;
-    Ok((
-        BodyBytes {
-            bytes,
-            _budget: budget,
-        },
-        kind,
-    ))
+    Ok(BodyBytes {
+        bytes,
+        _budget: budget,
+    })
 }
 
 /// A small JSON request body (console and registry requests, not event payloads): `415`

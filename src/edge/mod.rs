@@ -30,6 +30,7 @@ pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod ops;
+pub mod proxy;
 pub mod publish;
 pub mod reads;
 pub mod server;
@@ -45,7 +46,7 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{MethodRouter, delete, get, patch, post, put};
 use tokio::sync::Semaphore;
 
 use crate::bus::Redis;
@@ -84,6 +85,8 @@ pub struct Edge {
     pub(crate) body_budget: Arc<Semaphore>,
     /// Client addresses over their failed-authentication limit, until when.
     auth_blocked: std::sync::Mutex<HashMap<IpAddr, Instant>>,
+    /// The declared services the gateway proxy routes to, with their breakers.
+    pub upstreams: Arc<crate::upstream::Upstreams>,
 }
 
 /// Addresses remembered as blocked at most (beyond, Redis's counter still answers).
@@ -134,6 +137,7 @@ impl Edge {
             history: Arc::new(console::History::new(&config)),
             body_budget: Arc::new(Semaphore::new(config.edge.body_memory)),
             auth_blocked: Default::default(),
+            upstreams: Arc::new(crate::upstream::Upstreams::new(&config, metrics.clone())),
             config,
             redis: OnceLock::new(),
             declared: Default::default(),
@@ -447,6 +451,9 @@ impl Edge {
     }
 }
 
+/// The gateway proxy's route template (`/api/v1/<service>/…`).
+pub const PROXY: &str = "/api/v1/{service}/{*path}";
+
 /// Every route: (method, path template, handler). The OpenAPI document lists the same
 /// set (a test compares them), so the document cannot drift from the router.
 pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Edge>>)> {
@@ -496,6 +503,12 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<Arc<Edge>>)> {
             delete(services::deregister),
         ),
         (Method::GET, "/openapi.json", get(ops::openapi)),
+        // The gateway proxy: whatever the routes above do not serve under /api/v1/.
+        (Method::GET, PROXY, get(proxy::proxy)),
+        (Method::POST, PROXY, post(proxy::proxy)),
+        (Method::PUT, PROXY, put(proxy::proxy)),
+        (Method::PATCH, PROXY, patch(proxy::proxy)),
+        (Method::DELETE, PROXY, delete(proxy::proxy)),
         (Method::GET, "/asyncapi.json", get(ops::asyncapi)),
     ];
     r.extend(console::routes());
@@ -703,12 +716,20 @@ mod tests {
 
     #[test]
     fn openapi_lists_exactly_the_routes() {
+        let shipped = include_str!("../../streams.toml");
+        // Without proxied services, and with two (one more declared but not proxied).
+        let with_services = format!(
+            "{shipped}\n[services.pricing]\nproxy = true\n[services.billing]\nproxy = true\n[services.internal]\n"
+        );
+        for text in [shipped.to_string(), with_services] {
+            routes_documented(&text);
+        }
+    }
+
+    fn routes_documented(streams_toml: &str) {
         let cfg = Config::from_sources(
             std::path::Path::new("."),
-            &[(
-                "streams.toml".into(),
-                include_str!("../../streams.toml").into(),
-            )],
+            &[("streams.toml".into(), streams_toml.into())],
         )
         .unwrap();
         let mut routed: Vec<(String, String)> = vec![];
@@ -725,6 +746,12 @@ mod tests {
                 "/api/v1/gamification/leaderboard/{board}" => ["daily", "weekly", "all_time"]
                     .iter()
                     .map(|b| format!("/api/v1/gamification/leaderboard/{b}"))
+                    .collect(),
+                PROXY => cfg
+                    .services
+                    .iter()
+                    .filter(|s| s.proxy)
+                    .map(|s| format!("/api/v1/{}/{{path}}", s.name))
                     .collect(),
                 p => vec![p.to_string()],
             };

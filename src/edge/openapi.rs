@@ -179,6 +179,54 @@ fn published() -> Value {
 }
 
 /// The document for `cfg` (every route; security and schemas as configured).
+/// A proxied service's path: every method, answered by one of its instances.
+fn proxy_item(svc: &crate::config::ServiceConfig, keyed: bool) -> Value {
+    let mut responses = Map::new();
+    responses.insert(
+        "default".into(),
+        json!({"description": format!("The answer of an instance of service {} (relayed as it is)", svc.name),
+               "headers": corr_header()}),
+    );
+    for (c, d) in [
+        (
+            "403",
+            "The key lacks scope proxy:<service> (or proxy:*, or *)",
+        ),
+        ("413", "Body larger than edge.max_body_bytes"),
+        (
+            "429",
+            "Rate limited (`Retry-After`, `X-RateLimit-*`), or too many failed authentications from this address",
+        ),
+        (
+            "503",
+            "`no_instance` (none healthy), `circuit_open` (every healthy instance's breaker is open), `upstream_failed` (the instance failed after the request was sent; not sent elsewhere unless GET or HEAD), `registry_unavailable`, or the edge's own 503s; always `Retry-After`",
+        ),
+    ] {
+        responses.insert(c.into(), err(d));
+    }
+    if keyed {
+        responses.insert(
+            "401".into(),
+            err("API key missing or unknown (`WWW-Authenticate: Bearer`)"),
+        );
+    }
+    let mut params = vec![
+        json!({"name": "path", "in": "path", "required": true, "schema": {"type": "string"},
+        "description": "The rest of the path, forwarded unchanged with the query"}),
+    ];
+    params.extend(header_params(false));
+    let op = |m: &str| {
+        json!({
+            "summary": format!("{m} through the gateway proxy to a healthy instance of service {}{}", svc.name,
+                if svc.description.is_empty() { String::new() } else { format!(" ({})", svc.description) }),
+            "security": security(keyed),
+            "parameters": params,
+            "responses": responses,
+        })
+    };
+    json!({"get": op("GET"), "post": op("POST"), "put": op("PUT"), "patch": op("PATCH"), "delete": op("DELETE")})
+}
+
 pub fn document_for(cfg: &Config) -> Value {
     let keyed = cfg.edge.auth == AuthMode::Keys;
     let ops_keyed = cfg.edge.ops_keyed();
@@ -367,6 +415,12 @@ pub fn document_for(cfg: &Config) -> Value {
         "The event catalog: streams, groups and payload schemas as AsyncAPI 3.0.0 (always open; `astra-bus catalog` prints it)",
         false, one("200", ok("AsyncAPI 3.0.0", obj, false)))}));
     paths.extend(super::console::openapi_paths());
+    for svc in cfg.services.iter().filter(|s| s.proxy) {
+        paths.insert(
+            format!("/api/v1/{}/{{path}}", svc.name),
+            proxy_item(svc, keyed),
+        );
+    }
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error", "detail"], "properties": {

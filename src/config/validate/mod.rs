@@ -18,6 +18,7 @@ mod daemon;
 mod delivery;
 mod groups;
 mod redis;
+mod services;
 mod streams;
 
 /// Collects diagnostics while the sections are validated.
@@ -26,6 +27,8 @@ pub(in crate::config) struct Validator {
     pub(in crate::config) diags: Vec<Diagnostic>,
     /// Handler names that exist.
     known: Vec<&'static str>,
+    /// The `[services.<name>]` declared (remote handlers must name one).
+    services: Vec<String>,
 }
 
 impl Validator {
@@ -34,6 +37,7 @@ impl Validator {
         Validator {
             diags: vec![],
             known,
+            services: vec![],
         }
     }
 
@@ -54,6 +58,8 @@ impl Validator {
         let streams = self.streams(dir, sfile, stext, &raw.stream, &stream_defaults);
         let declared: BTreeSet<&str> = streams.iter().map(|s| s.name.as_str()).collect();
         self.default_dead_letter_declared(sfile, stext, &defaults, &declared);
+        let services = self.services(sfile, stext, &raw.services);
+        self.services = services.iter().map(|s| s.name.clone()).collect();
         let groups = self.groups(&raw_groups, &defaults, &declared);
         let domains: Vec<String> = streams
             .iter()
@@ -61,7 +67,10 @@ impl Validator {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let edge = self.edge(sfile, stext, &raw.edge, &streams, &domains);
+        // Per-route rate limits name a domain or a proxied service.
+        let mut limited = domains.clone();
+        limited.extend(services.iter().filter(|s| s.proxy).map(|s| s.name.clone()));
+        let edge = self.edge(sfile, stext, &raw.edge, &streams, &limited);
         Config {
             dir: dir.to_path_buf(),
             redis,
@@ -71,6 +80,7 @@ impl Validator {
             metrics,
             streams,
             groups,
+            services,
         }
     }
 
