@@ -247,6 +247,17 @@ pub async fn run_with(
         &[]
     };
     for (g, handler) in groups.iter().zip(handlers) {
+        // A remote handler's group is decided by its service, through the edge's
+        // upstreams (one set of breakers per daemon, shared with the gateway proxy).
+        let remote = handler.remote().cloned().map(|spec| {
+            Arc::new(crate::upstream::remote::RemoteDecider::new(
+                spec,
+                Arc::new(g.clone()),
+                edge.upstreams.clone(),
+                redis.clone(),
+                metrics.clone(),
+            )) as Arc<dyn crate::handlers::Decide>
+        });
         let ctx = Arc::new(
             GroupContext::new(
                 redis.clone(),
@@ -256,7 +267,8 @@ pub async fn run_with(
                 config.daemon.dedup_ttl,
                 metrics.clone(),
             )
-            .with_schemas(&config.streams),
+            .with_schemas(&config.streams)
+            .with_remote(remote),
         );
         // A reader iteration is one blocking read (block + command timeout) plus, at
         // worst, one retry backoff: longer than that without an iteration means stuck.

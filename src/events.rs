@@ -162,6 +162,24 @@ pub fn check_consumed(
     })
 }
 
+/// Checks what a remote handler's service will receive: every field the stream's contract
+/// knows must fit it, required ones present (others are passed through), since a service
+/// in another language decodes without the built-in handlers' typed structs. Streams
+/// without a built-in contract pass.
+pub fn check_for_service(
+    stream: &str,
+    data: impl FnOnce() -> Result<serde_json::Value, String>,
+) -> Result<(), String> {
+    let Some(p) = schema::payload(stream) else {
+        return Ok(());
+    };
+    let v = data()?;
+    p.check_lenient(&v).map_err(|e| match e.field {
+        Some(f) => format!("field `{f}`: {} (the contract of {stream})", e.message),
+        None => format!("{} (the contract of {stream})", e.message),
+    })
+}
+
 // ---------------------------------------------------------------------------------------
 // Outside inputs (public contract)
 // ---------------------------------------------------------------------------------------

@@ -352,6 +352,28 @@ impl Op {
         std::iter::once(self.key.as_str()).chain(self.key2.as_deref())
     }
 
+    /// An op named at run time (a remote handler's answer): `cmd` must be one of the
+    /// allowed commands that write; the error says why not.
+    pub fn parse(cmd: &str, key: &str, args: Vec<Vec<u8>>) -> Result<Op, String> {
+        let upper = cmd.to_ascii_uppercase();
+        let Some((name, _)) = COMMANDS
+            .iter()
+            .find(|(c, _)| *c == upper && *c != "CHAINAPPEND")
+        else {
+            return Err(format!("command {cmd:?} is not one an op may use"));
+        };
+        let op = Op::new(name, key, args);
+        if op.is_read() {
+            return Err(format!(
+                "command {name} only reads, and a remote handler's ops get no replies back"
+            ));
+        }
+        if key.is_empty() {
+            return Err("an op needs a key".into());
+        }
+        Ok(op)
+    }
+
     /// `HINCRBY key field by` → new value.
     pub fn hincrby(key: impl Into<String>, field: impl ToString, by: i64) -> Op {
         Op::new("HINCRBY", key, vec![b(field), b(by)])
@@ -535,6 +557,56 @@ pub trait Handler: Send + Sync + 'static {
     /// (`rounds[i]` holds the replies to the ops of round `i`, in order). Must be a pure
     /// function of its inputs: it is re-run on redelivery and must decide the same again.
     fn step(&self, ev: &Event, rounds: &[Vec<Reply>]) -> Result<Step, HandlerError>;
+
+    /// For a remote handler (`handler = "remote"`): where its decisions come from. The
+    /// daemon then asks that service ([`Decide`]) instead of calling [`Handler::step`].
+    fn remote(&self) -> Option<&RemoteSpec> {
+        None
+    }
+}
+
+/// The handler name of remote handlers (`handler = "remote"`).
+pub const REMOTE_HANDLER: &str = "remote";
+
+/// Where a remote handler's group sends its events: a `[services.<name>]` and a path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSpec {
+    /// The service (declared in `[services.<name>]`, instances in the registry).
+    pub service: String,
+    /// The path events are POSTed to on an instance (`/events`).
+    pub path: String,
+    /// How long one delivery may take, answer included.
+    pub timeout: std::time::Duration,
+    /// Every op key of the answers must start with this (a service keeps to its own keys).
+    pub key_prefix: String,
+}
+
+/// What asking a remote handler's service gave.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Asked {
+    /// One decision per event, in the order asked (only [`Step::Done`] steps).
+    Decided(Vec<Result<Step, HandlerError>>),
+    /// The request reached an instance and failed (timeout, 5xx, an answer off the
+    /// contract): counted against every event asked, which is dead-lettered after
+    /// `max_deliveries` such failures.
+    Failed(String),
+    /// No instance could take it (none healthy, every breaker open, every connection
+    /// refused): nothing is counted; the group waits about this long and asks again.
+    Wait {
+        /// When to ask again.
+        retry_in: std::time::Duration,
+        /// Why, for the log.
+        why: String,
+    },
+}
+
+/// A boxed future (what [`Decide::decide`] returns, so the trait stays object-safe).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// Decides a batch of events by asking outside the process (a remote handler's service).
+pub trait Decide: Send + Sync + 'static {
+    /// Decides `events`; `attempts[i]` is how often `events[i]` was delivered before.
+    fn decide<'a>(&'a self, events: &'a [&'a Event], attempts: &'a [u64]) -> BoxFuture<'a, Asked>;
 }
 
 /// One link of a hash chain: SHA-256(`prev_hex` ‖ `record`) as lowercase hex, where

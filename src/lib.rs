@@ -49,7 +49,9 @@
 //!   `query` (typed reads for the edge and the CLI).
 //! - [`upstream`]: talking to the services of the registry: round-robin over healthy
 //!   instances, a circuit breaker per instance (`upstream/breaker.rs`), the pooled HTTP
-//!   client (`upstream/http.rs`); above `bus` (it reads the registry), used by `edge`.
+//!   client (`upstream/http.rs`), remote handlers' wire contract (`upstream/remote.rs`);
+//!   above `bus` (it reads the registry), used by `edge` (the gateway proxy) and
+//!   `daemon` (remote handlers, whose wait-without-counting step is `bus/remote.rs`).
 //! - [`daemon`]: `run(config, shutdown)`: the whole daemon.
 //! - [`catalog`]: the topology as an AsyncAPI 3.0 document and payload JSON Schemas
 //!   (`astra-bus catalog`, `/asyncapi.json`; no Redis).

@@ -5,7 +5,8 @@
 //! 1. [`decode`]: every entry becomes work, or a dead letter (malformed, or delivered more
 //!    than `max_deliveries` times);
 //! 2. [`decide`]: the handler runs one round for every active event, inside the one layer
-//!    every handler call goes through ([`run_step`]: timing, panic catching);
+//!    every handler call goes through ([`run_step`]: timing, panic catching); for a
+//!    remote handler, its service decides the batch first ([`super::remote::ask`]);
 //! 3. [`commit`]: the round is committed for the whole batch ([`commit_round`]: one script
 //!    call on one node), retrying transient Redis trouble with backoff;
 //! 4. [`Batch::apply`]: per event, the outcome: done, another round, a duplicate, not ours
@@ -27,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use super::client::{BusError, Fields, RawEntry, arg, as_array, as_int, as_string};
+use super::client::{BusError, Fields, RawEntry, arg};
 use super::commit::{Memory, RoundItem, RoundOutcome, commit_round, recall};
 pub use super::context::{GroupContext, Hold};
 use super::deadletter::{DeadLetter, Reason, dead_letter, unpack_dead_letter};
+pub use super::redeliver::{RedeliverReport, own_pending, redeliver};
 use super::replay::resolve_replays;
 pub use super::replay::{is_replay_stream, replay_stream};
 use crate::config::parse_stream_name;
@@ -144,108 +146,27 @@ fn check_schema(schema: &CustomSchema, stream: &str, env: &Envelope) -> Result<(
         .map_err(|p| format!("payload breaks the schema of {stream}: {p}"))
 }
 
-/// This consumer's pending entries of `group` on `stream` after `after` (exclusive; `-`
-/// for the start), at most `count`, with Redis's delivery count of each.
-pub async fn own_pending(
-    ctx: &GroupContext,
-    stream: &str,
-    after: &str,
-    count: usize,
-) -> Result<Vec<(String, u64)>, BusError> {
-    let start = if after == "-" {
-        "-".to_string()
-    } else {
-        format!("({after}")
-    };
-    let v = ctx
-        .redis
-        .cmd(
-            "XPENDING",
-            vec![
-                arg(stream),
-                arg(ctx.group.name.as_str()),
-                arg(start),
-                arg("+"),
-                arg(count as i64),
-                arg(ctx.consumer.as_str()),
-            ],
-        )
-        .await?;
-    Ok(as_array(v)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|row| {
-            let cols = as_array(row)?;
-            Some((
-                cols.first().and_then(as_string)?,
-                cols.get(3).and_then(as_int).unwrap_or(1).max(0) as u64,
-            ))
-        })
-        .collect())
-}
-
-/// What [`redeliver`] did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RedeliverReport {
-    /// What processing them did.
-    pub processed: BatchReport,
-    /// Entries that were gone when claimed again (deleted from the stream while pending,
-    /// or finished by another consumer meanwhile).
-    pub gone: usize,
-}
-
-/// Processes entries of `stream` this consumer already owns but that were delivered before
-/// (left pending by a crash or a restart, or just reclaimed from another consumer), given
-/// as (entry id, delivery count). One at a time, each claimed again first: XCLAIM counts
-/// the delivery and returns the body, so only an attempt that really happens is counted.
-/// An entry that kills the process therefore reaches `max_deliveries` after that many
-/// attempts and is dead-lettered without running again, while the entries queued behind
-/// it are not counted at all. The caller holds the entries ([`GroupContext::hold`]).
-pub async fn redeliver(
-    ctx: &GroupContext,
-    stream: &str,
-    entries: &[(String, u64)],
-    shutdown: &Shutdown,
-) -> Result<RedeliverReport, BusError> {
-    let mut report = RedeliverReport::default();
-    for (id, count) in entries {
-        if shutdown.is_shutdown() {
-            break;
-        }
-        let v = ctx
-            .redis
-            .cmd(
-                "XCLAIM",
-                vec![
-                    arg(stream),
-                    arg(ctx.group.name.as_str()),
-                    arg(ctx.consumer.as_str()),
-                    arg(0),
-                    arg(id.as_str()),
-                ],
-            )
-            .await?;
-        let claimed = super::client::parse_entries(v);
-        let Some(entry) = claimed.into_iter().next() else {
-            report.gone += 1;
-            continue;
-        };
-        let deliveries = HashMap::from([(id.clone(), count + 1)]);
-        report.processed += process_batch(ctx, stream, vec![entry], &deliveries, shutdown).await;
-    }
-    Ok(report)
-}
-
 /// One event being handled.
-struct Work {
-    ev: Event,
+pub(super) struct Work {
+    pub(super) ev: Event,
     /// The entry's fields as read, kept for its dead letter.
-    fields: Fields,
-    attempts: u64,
+    pub(super) fields: Fields,
+    pub(super) attempts: u64,
     rounds: Vec<Vec<Reply>>,
     handler_time: Duration,
     /// Times this event's round lost a hash-chain race and was committed again.
     conflicts: u32,
+    /// A remote handler's decision, taken instead of calling the handler.
+    pub(super) decided: Option<Result<Step, HandlerError>>,
+    /// Requests about this event that reached a remote handler's service and failed.
+    pub(super) remote_failures: u32,
+}
+
+impl Work {
+    /// Whether a remote handler's service still has to decide this event.
+    pub(super) fn undecided(&self) -> bool {
+        self.decided.is_none() && self.rounds.is_empty()
+    }
 }
 
 /// A round that keeps losing hash-chain races this often is left pending (reclaimed later).
@@ -306,6 +227,14 @@ async fn run_batch(
     let mut sd = shutdown.clone();
     let mut retry_budget = RETRY_BUDGET;
     while !batch.active.is_empty() {
+        // Step 2a, remote handlers: the service decides; while none can, the group waits.
+        if let Some(remote) = &ctx.remote
+            && !super::remote::ask(ctx, remote.as_ref(), from, &mut batch, shutdown).await
+        {
+            batch.report.left_pending += batch.active.len();
+            batch.active.clear();
+            break;
+        }
         let (steps, retry_later) = decide(ctx, &mut batch);
         match commit(ctx, from, &batch, &steps, shutdown).await {
             Ok(outcomes) => batch.apply(ctx, &steps, outcomes),
@@ -339,12 +268,12 @@ async fn run_batch(
 }
 
 /// A batch in progress.
-struct Batch {
+pub(super) struct Batch {
     labels: crate::metrics::StreamGroup,
-    active: Vec<Work>,
+    pub(super) active: Vec<Work>,
     /// Over `max_deliveries`, each with its dead letter: [`triage_over_limit`] decides.
     over_limit: Vec<(Work, DeadLetter)>,
-    dead: Vec<DeadLetter>,
+    pub(super) dead: Vec<DeadLetter>,
     report: BatchReport,
     chain_gave_up: usize,
 }
@@ -432,6 +361,8 @@ fn decode(
                     rounds: vec![],
                     handler_time: Duration::ZERO,
                     conflicts: 0,
+                    decided: None,
+                    remote_failures: 0,
                 };
                 match letter {
                     Some(d) => batch.over_limit.push((w, d)),
@@ -508,7 +439,10 @@ fn decide(ctx: &GroupContext, batch: &mut Batch) -> (Vec<Step>, Vec<Work>) {
     let mut keep = vec![];
     let mut retry_later = vec![];
     for mut w in batch.active.drain(..) {
-        let (r, took) = run_step(ctx.handler.as_ref(), &w.ev, &w.rounds);
+        let (r, took) = match w.decided.take() {
+            Some(d) => (d, Duration::ZERO),
+            None => run_step(ctx.handler.as_ref(), &w.ev, &w.rounds),
+        };
         w.handler_time += took;
         match r.and_then(|s| check_step(ctx, s)) {
             Ok(step) => {
@@ -628,7 +562,7 @@ fn round_item<'a>(group: &str, w: &'a Work, step: &'a Step) -> RoundItem<'a> {
 }
 
 impl Work {
-    fn into_dead(self, reason: Reason, error: String) -> DeadLetter {
+    pub(super) fn into_dead(self, reason: Reason, error: String) -> DeadLetter {
         DeadLetter {
             entry_id: self.ev.entry_id,
             stream: self.ev.stream,

@@ -12,7 +12,7 @@ use super::commit::Target;
 use super::replay::replay_stream;
 use crate::config::{GroupConfig, StreamConfig};
 use crate::events::custom::CustomSchema;
-use crate::handlers::Handler;
+use crate::handlers::{Decide, Handler};
 use crate::metrics::Metrics;
 
 /// Everything a group's readers share.
@@ -42,6 +42,9 @@ pub struct GroupContext {
     /// `streams.toml`): a payload breaking its stream's is dead-lettered as malformed
     /// before the handler sees it (a producer that skipped the edge cannot slip one in).
     pub schemas: HashMap<String, Arc<CustomSchema>>,
+    /// A remote handler's service, which decides the group's events instead of
+    /// [`GroupContext::handler`] ([`super::remote`]).
+    pub remote: Option<Arc<dyn Decide>>,
 }
 
 /// Entries held by this process while they are processed; released on drop.
@@ -106,6 +109,7 @@ impl GroupContext {
             metrics,
             held: Default::default(),
             schemas: HashMap::new(),
+            remote: None,
         }
     }
 
@@ -117,6 +121,12 @@ impl GroupContext {
             .filter(|s| self.group.reads.contains(&s.name))
             .filter_map(|s| Some((s.name.clone(), Arc::clone(s.schema.as_ref()?))))
             .collect();
+        self
+    }
+
+    /// The same context, its events decided by `remote` (a remote handler's service).
+    pub fn with_remote(mut self, remote: Option<Arc<dyn Decide>>) -> GroupContext {
+        self.remote = remote;
         self
     }
 

@@ -427,6 +427,9 @@ pub fn document_for(cfg: &Config) -> Value {
         "error": {"type": "string"}, "detail": {"type": "string"},
         "field": {"type": "string"}, "index": {"type": "integer"}, "stream": {"type": "string"}}}),
     );
+    let (remote_req, remote_answer) = crate::upstream::remote::contract_schemas();
+    schemas.insert("RemoteHandlerRequest".into(), remote_req);
+    schemas.insert("RemoteHandlerAnswer".into(), remote_answer);
     schemas.insert("Published".into(), json!({"type": "object", "required": ["event_id", "entry_id", "stream", "cid"], "properties": {
         "event_id": {"type": "string"}, "entry_id": {"type": "string"}, "stream": {"type": "string"}, "cid": {"type": "string"}}}));
     json!({
@@ -435,7 +438,7 @@ pub fn document_for(cfg: &Config) -> Value {
             "title": "astra-bus HTTP edge",
             "version": env!("CARGO_PKG_VERSION"),
             "description": format!(
-                "Publish events to the declared streams, read the handlers' projections, and operate the bus. Every error is JSON {{error, detail}}. The payload schemas (components.schemas, by stream) are the event catalog's, GET /asyncapi.json, in this document's dialect. This instance: edge.auth = {}, ops routes {}.",
+                "Publish events to the declared streams, read the handlers' projections, and operate the bus. Every error is JSON {{error, detail}}. The payload schemas (components.schemas, by stream) are the event catalog's, GET /asyncapi.json, in this document's dialect. Remote handlers' wire contract (version 1, what the daemon sends a service and what it answers) is components.schemas.RemoteHandlerRequest and RemoteHandlerAnswer. This instance: edge.auth = {}, ops routes {}.",
                 if keyed { "keys" } else { "off" },
                 if ops_keyed { "need a key with the ops scope" } else { "open" }
             )

@@ -13,8 +13,8 @@
 
 pub use crate::calendar::{civil_from_days, utc_day};
 pub use crate::handler::{
-    BuildFn, Constructor, Emit, Event, Handler, HandlerError, KeyType, MAX_ROUNDS, Op, Reply, Step,
-    allowed_commands,
+    Asked, BuildFn, Constructor, Decide, Emit, Event, Handler, HandlerError, KeyType, MAX_ROUNDS,
+    Op, RemoteSpec, Reply, Step, allowed_commands,
 };
 
 pub mod analytics;

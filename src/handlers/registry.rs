@@ -26,6 +26,7 @@ impl Registry {
         let mut r = Registry::empty();
         r.insert("builtin.forward", builtin::Forward::build);
         r.insert("builtin.count_by_user", builtin::CountByUser::build);
+        r.insert(builtin::remote::NAME, builtin::Remote::build);
         for (name, ctor) in domain_handlers() {
             r.insert(name, ctor);
         }

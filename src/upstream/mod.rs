@@ -12,10 +12,12 @@
 //!   in each state: a fixed label set, services being declared in TOML) and their
 //!   transitions as `astra_bus_breaker_transitions_total{service,to}` with a log line.
 //!
-//! [`http`] is the pooled client every attempt goes through.
+//! [`http`] is the pooled client every attempt goes through; [`remote`] is remote
+//! handlers' wire contract (the daemon asks a service to decide a batch of events).
 
 pub mod breaker;
 pub mod http;
+pub mod remote;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

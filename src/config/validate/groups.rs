@@ -179,6 +179,21 @@ impl Validator {
                 format!("{file}:{}:{}", line_col(text, gspan.start).0, 1),
             ),
         };
+        if handler == crate::handler::REMOTE_HANDLER
+            && let Some(service) = options.get("service").and_then(|v| v.as_str())
+            && !self.services.iter().any(|s| s == service)
+        {
+            let span = g.options.as_ref().map_or(g.handler.span(), |o| o.span());
+            self.at(
+                file,
+                text,
+                span,
+                format!(
+                    "group {name}: remote handler's service {service:?} is not declared; add [services.{service}] to streams.toml (declared: {})",
+                    if self.services.is_empty() { "none".to_string() } else { self.services.join(", ") }
+                ),
+            );
+        }
         Some(GroupConfig {
             name,
             domain: domain.to_string(),

@@ -3,6 +3,8 @@
 
 pub mod count_by_user;
 pub mod forward;
+pub mod remote;
 
 pub use count_by_user::CountByUser;
 pub use forward::Forward;
+pub use remote::Remote;
