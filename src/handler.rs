@@ -579,6 +579,10 @@ pub struct RemoteSpec {
     pub timeout: std::time::Duration,
     /// Every op key of the answers must start with this (a service keeps to its own keys).
     pub key_prefix: String,
+    /// The first wait after a failed request; it doubles (with jitter) up to `max_backoff`.
+    pub backoff: std::time::Duration,
+    /// The longest wait between failed requests.
+    pub max_backoff: std::time::Duration,
 }
 
 /// What asking a remote handler's service gave.

@@ -368,3 +368,70 @@ async fn a_service_answering_poison_or_garbage_ends_in_dead_letters() {
     assert_eq!(xlen(&redis, SCORED).await, 0);
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_failing_every_request_dead_letters_after_max_deliveries() {
+    let server = RedisServer::start();
+    let dir = config();
+    // Three failed requests per event at most; a quick backoff.
+    let g = dir.join("consumer-groups/scoring.toml");
+    let text = std::fs::read_to_string(&g).unwrap().replace(
+        "timeout = \"5s\" }",
+        "timeout = \"5s\", backoff = \"10ms\", max_backoff = \"50ms\" }\nmax_deliveries = 3",
+    );
+    std::fs::write(&g, text).unwrap();
+    let logs = TempDir::new("remote-500");
+    let edge = free_port();
+    let d = daemon(&dir, &server.url(), edge, &logs);
+    // A broken deployment: up, registered, answering 500 to everything.
+    let port = free_port();
+    let mut broken = Command::new("python3")
+        .arg(repo_root().join("tests/support/echo_service.py"))
+        .args(["--port", &port.to_string(), "--id", "scorer-x", "--fail"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let r = post_json(
+        edge,
+        "/v1/services/scorer/instances/scorer-x",
+        &[],
+        &json!({"url": format!("http://127.0.0.1:{port}"), "ttl_ms": 60_000}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let redis = connect(&server.url()).await;
+    publish_json(
+        &redis,
+        TRADES,
+        r#"{"trade_id": "t1", "user_id": "u1", "symbol": "BTC", "side": "buy", "quantity": 1, "price_usd": 10}"#,
+        None,
+    )
+    .await;
+    // Each failure counts; the breaker (2 failures, 1 s) spaces the later ones out.
+    wait_until(Duration::from_secs(30), "dead-lettered", || async {
+        xlen(&redis, "astra.bus.dead_letter.v1").await == 1
+    })
+    .await;
+    let dl = read_raw(&redis, "astra.bus.dead_letter.v1").await;
+    let field = |k: &str| {
+        dl[0]
+            .iter()
+            .find(|(f, _)| f == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(field("dlq_reason"), "max_deliveries", "{dl:?}");
+    assert!(
+        field("dlq_error").contains("failed 3 times") && field("dlq_error").contains("500"),
+        "{dl:?}"
+    );
+    assert_eq!(pending(&redis, TRADES, GROUP).await, 0);
+    assert_eq!(xlen(&redis, SCORED).await, 0);
+    let _ = broken.kill();
+    let _ = broken.wait();
+    drop(d);
+}

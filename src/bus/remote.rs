@@ -20,7 +20,9 @@
 use std::time::{Duration, Instant};
 
 use super::client::arg;
-use super::consume::{Batch, GroupContext, redis_backoff, sleep_or_shutdown};
+use backon::{BackoffBuilder, ExponentialBuilder};
+
+use super::consume::{Batch, GroupContext, sleep_or_shutdown};
 use super::deadletter::Reason;
 use crate::handler::{Asked, Decide};
 use crate::shutdown::Shutdown;
@@ -38,7 +40,16 @@ pub(super) async fn ask(
     shutdown: &Shutdown,
 ) -> bool {
     let mut sd = shutdown.clone();
-    let mut backoff = redis_backoff();
+    // The group's own backoff between failed requests (`backoff`, `max_backoff`).
+    let mut backoff = match ctx.handler.remote() {
+        Some(spec) => ExponentialBuilder::default()
+            .with_min_delay(spec.backoff)
+            .with_max_delay(spec.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build(),
+        None => ExponentialBuilder::default().without_max_times().build(),
+    };
     let mut waiting_since: Option<Instant> = None;
     let mut touched = Instant::now();
     // A service only sees payloads that keep their stream's contract: the others are

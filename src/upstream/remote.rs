@@ -400,6 +400,8 @@ mod tests {
             path: "/events".into(),
             timeout: Duration::from_secs(1),
             key_prefix: "svc:scorer:".into(),
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
         }
     }
 

@@ -29,10 +29,21 @@ pub const NAME: &str = crate::handler::REMOTE_HANDLER;
 
 impl Remote {
     /// Reads `service` (required: a `[services.<name>]`), `path` (default `/events`),
-    /// `timeout` (default 10s, 10ms to 10min) and `key_prefix` (default
-    /// `svc:<service>:`; every op key of the answers must start with it).
+    /// `timeout` (default 10s, 10ms to 10min), `key_prefix` (default `svc:<service>:`;
+    /// every op key of the answers must start with it), and the backoff between failed
+    /// requests: `backoff` (default 100ms) doubling up to `max_backoff` (default 10s).
     pub fn build(g: &GroupConfig) -> Result<Arc<dyn Handler>, String> {
-        deny_unknown_options(g, &["service", "path", "timeout", "key_prefix"])?;
+        deny_unknown_options(
+            g,
+            &[
+                "service",
+                "path",
+                "timeout",
+                "key_prefix",
+                "backoff",
+                "max_backoff",
+            ],
+        )?;
         let service: String = option(g, "service", String::new())?;
         if service.is_empty() {
             return Err("option `service` is required: the [services.<name>] whose instances decide this group's events".into());
@@ -54,6 +65,15 @@ impl Remote {
             "10s",
             Duration::from_millis(10)..=Duration::from_secs(600),
         )?;
+        let backoff_range = Duration::from_millis(1)..=Duration::from_secs(3600);
+        let backoff = duration_option(g, "backoff", "100ms", backoff_range.clone())?;
+        let max_backoff = duration_option(g, "max_backoff", "10s", backoff_range)?;
+        if max_backoff < backoff {
+            return Err(format!(
+                "option `max_backoff`: must be at least `backoff` ({})",
+                humantime::format_duration(backoff)
+            ));
+        }
         let key_prefix: String = option(g, "key_prefix", format!("svc:{service}:"))?;
         if key_prefix.is_empty() {
             return Err("option `key_prefix`: must not be empty (it confines the service's ops to its own keys)".into());
@@ -64,6 +84,8 @@ impl Remote {
                 path,
                 timeout,
                 key_prefix,
+                backoff,
+                max_backoff,
             },
         }))
     }
@@ -100,6 +122,17 @@ mod tests {
         assert_eq!(s.path, "/events");
         assert_eq!(s.timeout, Duration::from_secs(10));
         assert_eq!(s.key_prefix, "svc:scorer:");
+        assert_eq!(
+            (s.backoff, s.max_backoff),
+            (Duration::from_millis(100), Duration::from_secs(10))
+        );
+        let e = spec(
+            r#"service = "s"
+backoff = "2s"
+max_backoff = "1s""#,
+        )
+        .unwrap_err();
+        assert!(e.contains("at least `backoff`"), "{e}");
         let e = spec("").unwrap_err();
         assert!(e.contains("`service` is required"), "{e}");
         let e = spec(r#"service = "Scorer""#).unwrap_err();
