@@ -211,6 +211,7 @@ async fn a_python_service_decides_10k_events_exactly_once_across_kills() {
         *expect_trades.entry(u).or_default() += 1;
     }
 
+    let started = Instant::now();
     // 1. SIGKILL the daemon mid-run, start it again.
     wait_scored(&redis, 2_000, "before the daemon kill").await;
     let _ = d.child.kill();
@@ -231,6 +232,7 @@ async fn a_python_service_decides_10k_events_exactly_once_across_kills() {
     // 3. Kill the last one (its sidecar keeps it listed): the breaker opens, the group
     // waits, nothing is dead-lettered.
     b.kill();
+    let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let stalled = scored(&redis).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -259,6 +261,7 @@ async fn a_python_service_decides_10k_events_exactly_once_across_kills() {
 
     // 4. Back on the same address: a probe closes the breaker, the rest goes through.
     let _b2 = Service::start("scorer-b", pb, None);
+    let outage = down.elapsed();
     wait_scored(&redis, N as i64, "after the outage").await;
     wait_until(Duration::from_secs(30), "group drained", || async {
         pending(&redis, TRADES, GROUP).await == 0
@@ -266,6 +269,11 @@ async fn a_python_service_decides_10k_events_exactly_once_across_kills() {
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    eprintln!(
+        "{N} trades decided by the service in {:.1}s, across a daemon SIGKILL, one instance's death and a {:.1}s outage of both",
+        started.elapsed().as_secs_f64(),
+        outage.as_secs_f64()
+    );
     // Exactly one derived event per input, exact state, no dead letters.
     let out = read_all(&redis, SCORED).await;
     assert_eq!(out.len(), N, "one scored event per trade");
