@@ -72,6 +72,12 @@ pub struct LimitLabel {
     pub limit: String,
 }
 
+/// Labels of dropped spans: why (`queue_full`, `export_failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    pub reason: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// A gauge holding fractional values.
@@ -149,6 +155,8 @@ pub struct Metrics {
     pub edge_rate_limited: Family<LimitLabel, Counter>,
     /// Publishes answered from an idempotency record (nothing published).
     pub edge_idempotent_replays: Counter,
+    /// Finished spans that never reached the OTLP collector, by reason.
+    pub trace_spans_dropped: Family<DropLabel, Counter>,
     /// Last totals seen, so counters advance by the difference.
     last_totals: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
 }
@@ -201,6 +209,7 @@ impl Metrics {
             http_panics: Counter::default(),
             edge_rate_limited: Family::default(),
             edge_idempotent_replays: Counter::default(),
+            trace_spans_dropped: Family::default(),
             last_totals: Default::default(),
             registry: Registry::default(),
         };
@@ -379,6 +388,18 @@ impl Metrics {
             "Publishes answered from an idempotency record (nothing published)",
             m.edge_idempotent_replays.clone(),
         );
+        registry.register(
+            "astra_bus_trace_spans_dropped",
+            "Finished spans that never reached the OTLP collector, by reason (queue_full: the \
+             export queue was full; export_failed: the collector failed or timed out)",
+            m.trace_spans_dropped.clone(),
+        );
+        // Both series from the start, at zero: a dashboard sees "none dropped", not "no data".
+        for reason in ["queue_full", "export_failed"] {
+            let _ = m.trace_spans_dropped.get_or_create(&DropLabel {
+                reason: reason.to_string(),
+            });
+        }
         for (kpi, target) in crate::kpi::TARGETS {
             m.kpi_target
                 .get_or_create(&KpiLabel {

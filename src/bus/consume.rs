@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use super::client::{BusError, Fields, RawEntry, arg, as_array, as_int, as_string};
+use super::client::{BusError, Fields, RawEntry, arg};
 use super::commit::{Memory, RoundItem, RoundOutcome, commit_round, recall};
 pub use super::context::{GroupContext, Hold};
 use super::deadletter::{DeadLetter, Reason, dead_letter, unpack_dead_letter};
+pub use super::redeliver::{RedeliverReport, own_pending, redeliver};
 use super::replay::resolve_replays;
 pub use super::replay::{is_replay_stream, replay_stream};
 use crate::config::parse_stream_name;
@@ -44,6 +45,7 @@ use crate::internal_events::{
 };
 use crate::metrics::{GroupLabel, Metrics};
 use crate::shutdown::Shutdown;
+use crate::telemetry::spans::{self, Traced};
 
 /// Exponential backoff used for Redis trouble: 50 ms doubling to 5 s, with jitter.
 pub fn redis_backoff() -> impl Iterator<Item = Duration> {
@@ -144,98 +146,6 @@ fn check_schema(schema: &CustomSchema, stream: &str, env: &Envelope) -> Result<(
         .map_err(|p| format!("payload breaks the schema of {stream}: {p}"))
 }
 
-/// This consumer's pending entries of `group` on `stream` after `after` (exclusive; `-`
-/// for the start), at most `count`, with Redis's delivery count of each.
-pub async fn own_pending(
-    ctx: &GroupContext,
-    stream: &str,
-    after: &str,
-    count: usize,
-) -> Result<Vec<(String, u64)>, BusError> {
-    let start = if after == "-" {
-        "-".to_string()
-    } else {
-        format!("({after}")
-    };
-    let v = ctx
-        .redis
-        .cmd(
-            "XPENDING",
-            vec![
-                arg(stream),
-                arg(ctx.group.name.as_str()),
-                arg(start),
-                arg("+"),
-                arg(count as i64),
-                arg(ctx.consumer.as_str()),
-            ],
-        )
-        .await?;
-    Ok(as_array(v)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|row| {
-            let cols = as_array(row)?;
-            Some((
-                cols.first().and_then(as_string)?,
-                cols.get(3).and_then(as_int).unwrap_or(1).max(0) as u64,
-            ))
-        })
-        .collect())
-}
-
-/// What [`redeliver`] did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct RedeliverReport {
-    /// What processing them did.
-    pub processed: BatchReport,
-    /// Entries that were gone when claimed again (deleted from the stream while pending,
-    /// or finished by another consumer meanwhile).
-    pub gone: usize,
-}
-
-/// Processes entries of `stream` this consumer already owns but that were delivered before
-/// (left pending by a crash or a restart, or just reclaimed from another consumer), given
-/// as (entry id, delivery count). One at a time, each claimed again first: XCLAIM counts
-/// the delivery and returns the body, so only an attempt that really happens is counted.
-/// An entry that kills the process therefore reaches `max_deliveries` after that many
-/// attempts and is dead-lettered without running again, while the entries queued behind
-/// it are not counted at all. The caller holds the entries ([`GroupContext::hold`]).
-pub async fn redeliver(
-    ctx: &GroupContext,
-    stream: &str,
-    entries: &[(String, u64)],
-    shutdown: &Shutdown,
-) -> Result<RedeliverReport, BusError> {
-    let mut report = RedeliverReport::default();
-    for (id, count) in entries {
-        if shutdown.is_shutdown() {
-            break;
-        }
-        let v = ctx
-            .redis
-            .cmd(
-                "XCLAIM",
-                vec![
-                    arg(stream),
-                    arg(ctx.group.name.as_str()),
-                    arg(ctx.consumer.as_str()),
-                    arg(0),
-                    arg(id.as_str()),
-                ],
-            )
-            .await?;
-        let claimed = super::client::parse_entries(v);
-        let Some(entry) = claimed.into_iter().next() else {
-            report.gone += 1;
-            continue;
-        };
-        let deliveries = HashMap::from([(id.clone(), count + 1)]);
-        report.processed += process_batch(ctx, stream, vec![entry], &deliveries, shutdown).await;
-    }
-    Ok(report)
-}
-
 /// One event being handled.
 struct Work {
     ev: Event,
@@ -246,6 +156,9 @@ struct Work {
     handler_time: Duration,
     /// Times this event's round lost a hash-chain race and was committed again.
     conflicts: u32,
+    /// Its `process` span (off unless tracing is on): its context is the `tp` of what it
+    /// derives.
+    trace: Traced,
 }
 
 /// A round that keeps losing hash-chain races this often is left pending (reclaimed later).
@@ -310,6 +223,10 @@ async fn run_batch(
         match commit(ctx, from, &batch, &steps, shutdown).await {
             Ok(outcomes) => batch.apply(ctx, &steps, outcomes),
             Err(left) => {
+                batch
+                    .active
+                    .iter()
+                    .for_each(|w| w.trace.outcome("left_pending", None));
                 batch.report.left_pending += left;
                 batch.active.clear();
                 return batch.report;
@@ -330,6 +247,9 @@ async fn run_batch(
             } else {
                 // Left pending: the reclaimer redelivers them after claim_idle, and Redis's
                 // delivery count sends them to the dead letters eventually.
+                retry_later
+                    .iter()
+                    .for_each(|w| w.trace.outcome("left_pending", None));
                 batch.report.left_pending += retry_later.len();
             }
         }
@@ -421,6 +341,15 @@ fn decode(
         match decoded {
             Ok(env) => {
                 let letter = over_limit.then(too_many);
+                let trace = spans::process(
+                    &g.name,
+                    &stream,
+                    &env.id,
+                    &e.id,
+                    &env.cid,
+                    env.tp.as_deref(),
+                    replay,
+                );
                 let w = Work {
                     ev: Event {
                         stream,
@@ -432,6 +361,7 @@ fn decode(
                     rounds: vec![],
                     handler_time: Duration::ZERO,
                     conflicts: 0,
+                    trace,
                 };
                 match letter {
                     Some(d) => batch.over_limit.push((w, d)),
@@ -472,12 +402,18 @@ async fn triage_over_limit(ctx: &GroupContext, from: &str, batch: &mut Batch) {
     for ((w, letter), m) in over.into_iter().zip(memory) {
         let limit = 2 * u64::from(ctx.group.max_deliveries);
         match m {
-            Memory::Done => acks.push(w.ev.entry_id),
+            Memory::Done => {
+                w.trace.outcome("duplicate", None);
+                acks.push(w.ev.entry_id)
+            }
             Memory::Started if w.attempts <= limit => {
                 tracing::info!(group = %ctx.group.name, stream = from, entry = %w.ev.entry_id, attempts = w.attempts, "entry over max_deliveries was committed in part before: finishing it");
                 batch.active.push(w);
             }
-            _ => batch.dead.push(letter),
+            _ => {
+                w.trace.dead_lettered(letter.reason.as_str(), &letter.error);
+                batch.dead.push(letter)
+            }
         }
     }
     if !acks.is_empty() {
@@ -519,6 +455,7 @@ fn decide(ctx: &GroupContext, batch: &mut Batch) -> (Vec<Step>, Vec<Work>) {
                 batch.dead.push(w.into_dead(Reason::Poison, reason))
             }
             Err(HandlerError::Retry(reason)) => {
+                w.trace.outcome("retry", None);
                 tracing::debug!(group = %ctx.group.name, stream = %w.ev.stream, entry = %w.ev.entry_id, cid = %w.ev.env.cid, %reason, "handler asked to retry");
                 retry_later.push(w);
             }
@@ -608,11 +545,14 @@ fn round_item<'a>(group: &str, w: &'a Work, step: &'a Step) -> RoundItem<'a> {
             emit.iter()
                 .enumerate()
                 .map(|(n, e)| {
-                    (
-                        e.stream.clone(),
+                    let mut d =
                         w.ev.env
-                            .derive(group, n as u32, &e.event_type, e.v, e.data.clone()),
-                    )
+                            .derive(group, n as u32, &e.event_type, e.v, e.data.clone());
+                    // Traced: the derived event continues the trace from this event's span.
+                    if w.trace.tp.is_some() {
+                        d.tp.clone_from(&w.trace.tp);
+                    }
+                    (e.stream.clone(), d)
                 })
                 .collect(),
         ),
@@ -629,6 +569,7 @@ fn round_item<'a>(group: &str, w: &'a Work, step: &'a Step) -> RoundItem<'a> {
 
 impl Work {
     fn into_dead(self, reason: Reason, error: String) -> DeadLetter {
+        self.trace.dead_lettered(reason.as_str(), &error);
         DeadLetter {
             entry_id: self.ev.entry_id,
             stream: self.ev.stream,
@@ -664,6 +605,7 @@ impl Batch {
                             }
                         }
                         self.report.committed += 1;
+                        w.trace.outcome("ok", None);
                         EventCommitted {
                             labels: &self.labels,
                             group: &gl,
@@ -682,6 +624,7 @@ impl Batch {
                     }
                 }
                 RoundOutcome::AlreadyDone => {
+                    w.trace.outcome("duplicate", None);
                     self.report.duplicates += 1;
                     DuplicatesSkipped {
                         labels: &self.labels,
@@ -690,6 +633,7 @@ impl Batch {
                     .emit(m);
                 }
                 RoundOutcome::NotOurs => {
+                    w.trace.outcome("not_ours", None);
                     tracing::debug!(group = %g.name, stream = %w.ev.stream, entry = %w.ev.entry_id, "entry no longer pending for us (finished or dead-lettered elsewhere)");
                     self.report.not_ours += 1;
                 }
@@ -705,6 +649,7 @@ impl Batch {
                     }
                     .emit(m);
                     if w.conflicts > MAX_CHAIN_CONFLICTS {
+                        w.trace.outcome("left_pending", None);
                         self.chain_gave_up += 1;
                         self.report.left_pending += 1;
                     } else {

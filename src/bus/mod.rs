@@ -16,6 +16,7 @@ pub mod query;
 pub mod ratelimit;
 pub mod reader;
 pub mod reclaim;
+pub mod redeliver;
 pub mod replay;
 pub mod retention;
 pub mod script;

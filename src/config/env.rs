@@ -1,6 +1,7 @@
 //! Environment overrides, applied after the files validate: `ASTRA_REDIS_URL`,
 //! `ASTRA_REDIS_PASSWORD_FILE`, `ASTRA_REDIS_CA_FILE`, `ASTRA_INSTANCE`,
-//! `ASTRA_HTTP_LISTEN`, `ASTRA_EDGE_AUTH`, `ASTRA_EDGE_OPS`, `ASTRA_EDGE_KEYS_FILE`. An empty variable
+//! `ASTRA_HTTP_LISTEN`, `ASTRA_EDGE_AUTH`, `ASTRA_EDGE_OPS`, `ASTRA_EDGE_KEYS_FILE`, and the
+//! standard OpenTelemetry variables of `[tracing]` ([`apply_otel`]). An empty variable
 //! counts as unset; a bad value is a diagnostic naming the variable.
 
 use std::path::{Path, PathBuf};
@@ -72,6 +73,95 @@ pub(super) fn apply(
     }
     if let Some(f) = env("ASTRA_EDGE_KEYS_FILE") {
         cfg.edge.keys_file = Some(PathBuf::from(f));
+    }
+    apply_otel(&mut cfg.tracing, env)
+}
+
+/// The `OTEL_*` variables over `[tracing]`: each one set wins over the TOML, as the
+/// OpenTelemetry SDK specification has it. `OTEL_SDK_DISABLED=true` turns tracing off
+/// whatever the TOML says; nothing here turns it on (`tracing.enabled` does), and while
+/// it is off the other variables are not read (another program's settings on the host
+/// cannot stop the daemon). `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is used as given;
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is a base to which HTTP appends `/v1/traces`; the
+/// traces-specific one wins over the base, and either over `tracing.endpoint`.
+pub(super) fn apply_otel(
+    t: &mut crate::telemetry::TracingConfig,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    use super::validate::tracing::{check_endpoint, check_ratio};
+    use crate::telemetry::Protocol;
+    let env = |k: &str| {
+        env(k)
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        t.enabled = false;
+    }
+    if !t.enabled {
+        return Ok(());
+    }
+    let bad = |var: &str, message: String| {
+        ConfigError::at_start(&format!("{var} (environment)"), message)
+    };
+    if let Some(p) = env("OTEL_EXPORTER_OTLP_PROTOCOL") {
+        t.protocol = Protocol::parse(&p).ok_or_else(|| {
+            bad(
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                format!(
+                    "must be \"http/protobuf\" or \"grpc\" (http/json is not supported), got {p:?}"
+                ),
+            )
+        })?;
+    }
+    let endpoint = if let Some(e) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        Some(("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e))
+    } else if let Some(base) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        let e = match t.protocol {
+            Protocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+            Protocol::Grpc => base,
+        };
+        Some(("OTEL_EXPORTER_OTLP_ENDPOINT", e))
+    } else {
+        None
+    };
+    if let Some((var, e)) = endpoint {
+        check_endpoint(&e).map_err(|m| bad(var, m))?;
+        t.endpoint = Some(e);
+    }
+    if let Some(s) = env("OTEL_TRACES_SAMPLER") {
+        let ratio = || match env("OTEL_TRACES_SAMPLER_ARG") {
+            None => Ok(1.0),
+            Some(a) => a
+                .parse::<f64>()
+                .map_err(|_| format!("{a:?} is not a number"))
+                .and_then(check_ratio)
+                .map_err(|m| bad("OTEL_TRACES_SAMPLER_ARG", m)),
+        };
+        let (parent_based, ratio) = match s.as_str() {
+            "always_on" => (false, 1.0),
+            "always_off" => (false, 0.0),
+            "traceidratio" => (false, ratio()?),
+            "parentbased_always_on" => (true, 1.0),
+            "parentbased_always_off" => (true, 0.0),
+            "parentbased_traceidratio" => (true, ratio()?),
+            _ => {
+                return Err(bad(
+                    "OTEL_TRACES_SAMPLER",
+                    format!(
+                        "must be always_on, always_off, traceidratio, parentbased_always_on, \
+                         parentbased_always_off or parentbased_traceidratio, got {s:?}"
+                    ),
+                ));
+            }
+        };
+        t.sampling = crate::telemetry::Sampling {
+            parent_based,
+            ratio,
+        };
+    }
+    if let Some(n) = env("OTEL_SERVICE_NAME") {
+        t.service_name = n;
     }
     Ok(())
 }
