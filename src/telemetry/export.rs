@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use opentelemetry::Context;
-use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
@@ -182,7 +182,6 @@ impl Worker {
                 .with_tonic()
                 .with_endpoint(self.endpoint.clone())
                 .with_timeout(self.timeout)
-                .with_compression(opentelemetry_otlp::Compression::Gzip)
                 .build(),
         };
         r.map_err(|e| e.to_string())
@@ -226,13 +225,17 @@ impl Worker {
                             Some(Control::Shutdown(done)) => Some((done, true)),
                             None => None,
                         };
+                        // What is queued gets one export attempt, all within one export
+                        // timeout: with the collector down a flush must not take a
+                        // timeout per batch (the daemon's shutdown waits for it).
+                        let deadline = tokio::time::Instant::now() + self.timeout;
                         while let Ok(s) = spans.try_recv() {
                             batch.push(s);
                             if batch.len() >= MAX_BATCH {
-                                self.export(&exporter, &mut batch).await;
+                                self.export_by(&exporter, &mut batch, deadline).await;
                             }
                         }
-                        self.export(&exporter, &mut batch).await;
+                        self.export_by(&exporter, &mut batch, deadline).await;
                         match done {
                             Some((done, false)) => { let _ = done.send(()); }
                             Some((done, true)) => {
@@ -263,14 +266,26 @@ impl Worker {
     }
 
     /// Exports `batch` (emptying it); a failure or a timeout counts its spans as dropped.
-    /// The exporter does not retry, so a dead collector costs one attempt per batch.
+    /// The exporter retries transient failures with backoff inside the export timeout,
+    /// so a dead collector costs at most one timeout per batch, on this thread only.
     async fn export(&self, exporter: &opentelemetry_otlp::SpanExporter, batch: &mut Vec<SpanData>) {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        self.export_by(exporter, batch, deadline).await;
+    }
+
+    /// [`Worker::export`] giving up at `deadline` (spans past it count as dropped).
+    async fn export_by(
+        &self,
+        exporter: &opentelemetry_otlp::SpanExporter,
+        batch: &mut Vec<SpanData>,
+        deadline: tokio::time::Instant,
+    ) {
         if batch.is_empty() {
             return;
         }
         let spans = std::mem::replace(batch, Vec::with_capacity(MAX_BATCH));
         let n = spans.len() as u64;
-        match tokio::time::timeout(self.timeout, exporter.export(spans)).await {
+        match tokio::time::timeout_at(deadline, exporter.export(spans)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, spans = n, "span export failed");
