@@ -165,3 +165,161 @@ pub(super) fn apply_otel(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::apply_otel;
+    use crate::telemetry::{Protocol, Sampling, TracingConfig};
+
+    fn with(toml: TracingConfig, vars: &[(&str, &str)]) -> Result<TracingConfig, String> {
+        let mut t = toml;
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        apply_otel(&mut t, |k| {
+            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(t)
+    }
+
+    fn on() -> TracingConfig {
+        TracingConfig {
+            enabled: true,
+            endpoint: Some("http://toml:4318/v1/traces".into()),
+            ..TracingConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_environment_wins_over_the_toml() {
+        // Nothing set: the TOML stands.
+        assert_eq!(with(on(), &[]).unwrap(), on());
+        // The base endpoint gets the traces path for HTTP...
+        let t = with(
+            on(),
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")],
+        )
+        .unwrap();
+        assert_eq!(t.endpoint(), "http://collector:4318/v1/traces");
+        // ...and the traces endpoint wins over the base, used as given.
+        let t = with(
+            on(),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://traces:9999/custom",
+                ),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t.endpoint(), "http://traces:9999/custom");
+        // gRPC takes the base as it is.
+        let t = with(
+            on(),
+            &[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (t.protocol, t.endpoint()),
+            (Protocol::Grpc, "http://collector:4317")
+        );
+        // A protocol switch alone keeps the TOML endpoint; with none, the new default.
+        let t = with(
+            TracingConfig {
+                endpoint: None,
+                ..on()
+            },
+            &[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")],
+        )
+        .unwrap();
+        assert_eq!(t.endpoint(), "http://localhost:4317");
+        let t = with(on(), &[("OTEL_SERVICE_NAME", "bus-eu")]).unwrap();
+        assert_eq!(t.service_name, "bus-eu");
+    }
+
+    #[test]
+    fn samplers() {
+        let s = |name: &str, arg: Option<&str>| {
+            let mut v = vec![("OTEL_TRACES_SAMPLER", name)];
+            if let Some(a) = arg {
+                v.push(("OTEL_TRACES_SAMPLER_ARG", a));
+            }
+            with(on(), &v).map(|t| t.sampling)
+        };
+        let sm = |parent_based, ratio| Sampling {
+            parent_based,
+            ratio,
+        };
+        assert_eq!(s("always_on", None), Ok(sm(false, 1.0)));
+        assert_eq!(s("always_off", None), Ok(sm(false, 0.0)));
+        assert_eq!(s("traceidratio", Some("0.1")), Ok(sm(false, 0.1)));
+        assert_eq!(s("parentbased_always_on", None), Ok(sm(true, 1.0)));
+        assert_eq!(s("parentbased_always_off", None), Ok(sm(true, 0.0)));
+        assert_eq!(
+            s("parentbased_traceidratio", Some("0.5")),
+            Ok(sm(true, 0.5))
+        );
+        assert_eq!(s("parentbased_traceidratio", None), Ok(sm(true, 1.0)));
+        let e = s("traceidratio", Some("2")).unwrap_err();
+        assert_eq!(
+            e,
+            "OTEL_TRACES_SAMPLER_ARG (environment):1:1: must be between 0.0 and 1.0, got 2"
+        );
+        assert!(
+            s("jaeger_remote", None)
+                .unwrap_err()
+                .starts_with("OTEL_TRACES_SAMPLER (environment):1:1: must be")
+        );
+    }
+
+    #[test]
+    fn bad_variables_are_named() {
+        let e = with(on(), &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]).unwrap_err();
+        assert!(
+            e.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL (environment):1:1: must be"),
+            "{e}"
+        );
+        let e = with(
+            on(),
+            &[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318")],
+        )
+        .unwrap_err();
+        assert!(e.starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (environment):1:1: \"collector:4318\" must start with http://"), "{e}");
+    }
+
+    #[test]
+    fn sdk_disabled_wins_and_off_reads_nothing_else() {
+        let t = with(on(), &[("OTEL_SDK_DISABLED", "TRUE")]).unwrap();
+        assert!(!t.enabled);
+        // Only "true" disables (the specification's rule).
+        assert!(with(on(), &[("OTEL_SDK_DISABLED", "1")]).unwrap().enabled);
+        // Off (by the TOML or by OTEL_SDK_DISABLED), another program's variables are not
+        // ours to refuse; nothing turns tracing on but tracing.enabled.
+        let off = TracingConfig::default();
+        let t = with(
+            off.clone(),
+            &[
+                ("OTEL_TRACES_SAMPLER", "nonsense"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t, off);
+        assert!(
+            with(
+                on(),
+                &[
+                    ("OTEL_SDK_DISABLED", "true"),
+                    ("OTEL_TRACES_SAMPLER", "nonsense")
+                ]
+            )
+            .is_ok()
+        );
+    }
+}

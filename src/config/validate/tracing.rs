@@ -111,3 +111,110 @@ impl Validator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+    use crate::telemetry::{Protocol, Sampling, TracingConfig};
+
+    const STREAMS: &str = r#"[redis]
+url = "redis://127.0.0.1:6379"
+
+[[stream]]
+name = "astra.bus.dead_letter.v1"
+description = "dead letters"
+"#;
+
+    fn load(tracing: &str) -> Result<Config, crate::config::ConfigError> {
+        let text = format!("{STREAMS}\n[tracing]\n{tracing}\n");
+        Config::from_sources(Path::new("."), &[("streams.toml".into(), text)])
+    }
+
+    #[test]
+    fn off_by_default_with_documented_defaults() {
+        let cfg = Config::from_sources(Path::new("."), &[("streams.toml".into(), STREAMS.into())])
+            .unwrap();
+        let t = &cfg.tracing;
+        assert_eq!(t, &TracingConfig::default());
+        assert!(!t.enabled);
+        assert_eq!(t.protocol, Protocol::HttpProtobuf);
+        assert_eq!(t.endpoint(), "http://localhost:4318/v1/traces");
+        assert_eq!(
+            t.sampling,
+            Sampling {
+                parent_based: true,
+                ratio: 1.0
+            }
+        );
+        assert_eq!(t.service_name, "astra-bus");
+        assert_eq!(t.queue_size, 8192);
+        assert_eq!(t.export_timeout, std::time::Duration::from_secs(5));
+        // The gRPC default is the collector's gRPC port.
+        let g = TracingConfig {
+            protocol: Protocol::Grpc,
+            ..TracingConfig::default()
+        };
+        assert_eq!(g.endpoint(), "http://localhost:4317");
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let cfg = load(
+            "enabled = true\nendpoint = \"https://otel.example:4317\"\nprotocol = \"grpc\"\n\
+             sampling_ratio = 0.25\nservice_name = \"bus-eu\"\nqueue_size = 100\nexport_timeout = \"2s\"",
+        )
+        .unwrap();
+        let t = cfg.tracing;
+        assert!(t.enabled);
+        assert_eq!(t.endpoint(), "https://otel.example:4317");
+        assert_eq!(t.protocol, Protocol::Grpc);
+        assert_eq!(t.sampling.ratio, 0.25);
+        assert_eq!(t.service_name, "bus-eu");
+        assert_eq!(t.queue_size, 100);
+        assert_eq!(t.export_timeout, std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_values_name_file_line_and_field() {
+        let e = load(
+            "protocol = \"http/json\"\nendpoint = \"otel:4318\"\nsampling_ratio = 1.5\n\
+             service_name = \" \"\nqueue_size = 0\nexport_timeout = \"soon\"",
+        )
+        .unwrap_err();
+        let got: Vec<String> = e.diagnostics().iter().map(|d| d.to_string()).collect();
+        // [tracing] is line 8 of the file, its keys follow.
+        let expected = [
+            "streams.toml:9:12: tracing.protocol must be \"http/protobuf\" or \"grpc\", got \"http/json\"",
+            "streams.toml:10:12: tracing.endpoint: \"otel:4318\" must start with http:// or https://",
+            "streams.toml:11:18: tracing.sampling_ratio must be between 0.0 and 1.0, got 1.5",
+            "streams.toml:12:16: tracing.service_name must not be empty",
+            "streams.toml:13:14: tracing.queue_size must be between 1 and 1000000, got 0",
+        ];
+        for (g, want) in got.iter().zip(expected) {
+            assert_eq!(g, want);
+        }
+        assert!(
+            got[5].starts_with(
+                "streams.toml:14:18: tracing.export_timeout: \"soon\" is not a duration"
+            ),
+            "{got:#?}"
+        );
+        assert_eq!(got.len(), 6, "{got:#?}");
+        assert!(
+            load("endpoint = \"http://:4318\"")
+                .unwrap_err()
+                .to_string()
+                .contains("names no host")
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_where_they_are() {
+        let e = load("enabled = true\nsample_ratio = 0.5").unwrap_err();
+        let d = &e.diagnostics()[0];
+        assert_eq!((d.file.as_str(), d.line), ("streams.toml", 10));
+        assert!(d.message.contains("unknown field `sample_ratio`"), "{d}");
+    }
+}
