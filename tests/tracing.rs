@@ -48,8 +48,8 @@ const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
 /// One test at a time: they share the process's tracer provider and subscriber.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     // The subscriber must carry the OpenTelemetry slot before any daemon starts (the
     // in-process helper installs a plain one otherwise).
     use tracing_subscriber::Layer as _;
@@ -66,7 +66,7 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
                 ),
         )
         .try_init();
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+    LOCK.lock().await
 }
 
 /// A span as the receiver decoded it.
@@ -473,13 +473,13 @@ async fn run_tree(protocol: &str, port_of: (u16, Received)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_trade_is_one_trace_across_every_group() {
-    let _serial = serial();
+    let _serial = serial().await;
     run_tree("http/protobuf", http_receiver().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_receiver_gets_the_same_tree() {
-    let _serial = serial();
+    let _serial = serial().await;
     run_tree("grpc", grpc_receiver().await).await;
 }
 
@@ -506,7 +506,7 @@ async fn raw_trade(redis: &Redis, id: &str, cid: &str, tp: Option<&str>, ts: i64
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trade_without_tp_in_redis_starts_a_root_per_group() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (rport, got) = http_receiver().await;
     let server = RedisServer::start();
     let (_dir, cfg, _) = config(
@@ -699,7 +699,7 @@ async fn timed_run(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_collector_changes_neither_delivery_nor_exactness() {
-    let _serial = serial();
+    let _serial = serial().await;
     let n = 300;
     let t0 = now_ms();
     let trades: Vec<(String, i64)> = (0..n).map(|i| (new_id(), t0 + i)).collect();
@@ -738,7 +738,7 @@ async fn a_dead_collector_changes_neither_delivery_nor_exactness() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_dead_letter_links_to_its_first_trace() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (rport, got) = http_receiver().await;
     let server = RedisServer::start();
     let (_dir, cfg, _) = config(
