@@ -298,6 +298,7 @@ pub fn install(
     let layer: OtelLayer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("astra-bus"))
         .with_location(false)
+        .with_target(false)
         .with_threads(false)
         .with_tracked_inactivity(false);
     let layer: &'static OtelLayer = Box::leak(Box::new(layer));
