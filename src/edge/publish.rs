@@ -321,21 +321,25 @@ async fn store(
 ) -> Result<Outcome, ApiError> {
     // One PRODUCER span per event (none while tracing is off): the event's `tp` becomes
     // the span's context, so its consumers' spans are children of this publish.
-    let traces: Vec<Traced> = events
-        .iter_mut()
-        .map(|(s, e)| {
-            // The request's own `traceparent` is already the SERVER span's parent; only an
-            // event's own `tp` (a batch item's) is a parent of its own.
-            let own =
-                e.tp.as_deref()
-                    .filter(|tp| *tp != ctx.traceparent.as_deref().unwrap_or(""));
-            let t = spans::publish(s, &e.id, &e.cid, own);
-            if t.tp.is_some() {
-                e.tp.clone_from(&t.tp);
-            }
-            t
-        })
-        .collect();
+    let traces: Vec<Traced> = if !crate::telemetry::enabled() {
+        Vec::new() // no allocation, no span
+    } else {
+        events
+            .iter_mut()
+            .map(|(s, e)| {
+                // The request's own `traceparent` is already the SERVER span's parent; only an
+                // event's own `tp` (a batch item's) is a parent of its own.
+                let own =
+                    e.tp.as_deref()
+                        .filter(|tp| *tp != ctx.traceparent.as_deref().unwrap_or(""));
+                let t = spans::publish(s, &e.id, &e.cid, own);
+                if t.tp.is_some() {
+                    e.tp.clone_from(&t.tp);
+                }
+                t
+            })
+            .collect()
+    };
     let r = store_traced(edge, ctx, caller, route, headers, body, events, extra).await;
     for (i, t) in traces.iter().enumerate() {
         match &r {
