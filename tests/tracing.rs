@@ -20,25 +20,19 @@
 //!
 //! The tracer provider is process-wide, so these tests run one at a time ([`serial`]).
 
+#[path = "support/otlp.rs"]
+mod otlp;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use astra_bus::bus::Redis;
 use astra_bus::config::Config;
 use astra_bus::envelope::{ContentType, Envelope, new_id, now_ms};
 use astra_bus::handlers::Registry;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use prost::Message as _;
+use otlp::{RSpan, Received, grpc_receiver, http_receiver};
 use serde_json::json;
 use support::bus::*;
 use support::{RedisServer, TempDir, free_port, shipped_config_copy};
@@ -67,125 +61,6 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
         )
         .try_init();
     LOCK.lock().await
-}
-
-/// A span as the receiver decoded it.
-#[derive(Debug, Clone)]
-struct RSpan {
-    trace: String,
-    id: String,
-    parent: String,
-    name: String,
-    kind: SpanKind,
-    attrs: BTreeMap<String, String>,
-    links: Vec<(String, String)>,
-}
-
-impl RSpan {
-    fn attr(&self, k: &str) -> &str {
-        self.attrs.get(k).map_or("", String::as_str)
-    }
-}
-
-type Received = Arc<Mutex<Vec<RSpan>>>;
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn collect(req: ExportTraceServiceRequest, into: &Received) {
-    let mut got = into.lock().unwrap();
-    for rs in req.resource_spans {
-        for ss in rs.scope_spans {
-            for s in ss.spans {
-                let attrs = s
-                    .attributes
-                    .iter()
-                    .map(|kv| {
-                        let v = match kv.value.as_ref().and_then(|v| v.value.clone()) {
-                            Some(AnyValue::StringValue(s)) => s,
-                            Some(AnyValue::IntValue(i)) => i.to_string(),
-                            Some(AnyValue::BoolValue(b)) => b.to_string(),
-                            Some(AnyValue::DoubleValue(d)) => d.to_string(),
-                            other => format!("{other:?}"),
-                        };
-                        (kv.key.clone(), v)
-                    })
-                    .collect();
-                got.push(RSpan {
-                    trace: hex(&s.trace_id),
-                    id: hex(&s.span_id),
-                    parent: hex(&s.parent_span_id),
-                    name: s.name.clone(),
-                    kind: SpanKind::try_from(s.kind).unwrap_or(SpanKind::Unspecified),
-                    attrs,
-                    links: s
-                        .links
-                        .iter()
-                        .map(|l| (hex(&l.trace_id), hex(&l.span_id)))
-                        .collect(),
-                });
-            }
-        }
-    }
-}
-
-/// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf `ExportTraceServiceRequest`.
-async fn http_receiver() -> (u16, Received) {
-    use axum::body::Bytes;
-    use axum::extract::State;
-    use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
-    let got: Received = Arc::default();
-    async fn traces(State(got): State<Received>, body: Bytes) -> axum::response::Response {
-        match ExportTraceServiceRequest::decode(body) {
-            Ok(req) => {
-                collect(req, &got);
-                (
-                    [(header::CONTENT_TYPE, "application/x-protobuf")],
-                    ExportTraceServiceResponse::default().encode_to_vec(),
-                )
-                    .into_response()
-            }
-            Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
-        }
-    }
-    let app = axum::Router::new()
-        .route("/v1/traces", axum::routing::post(traces))
-        .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (port, got)
-}
-
-struct Grpc(Received);
-
-#[tonic::async_trait]
-impl TraceService for Grpc {
-    async fn export(
-        &self,
-        req: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        collect(req.into_inner(), &self.0);
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-/// An OTLP/gRPC receiver (tonic's generated `TraceService` server).
-async fn grpc_receiver() -> (u16, Received) {
-    let got: Received = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let svc = TraceServiceServer::new(Grpc(got.clone()));
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .unwrap()
-    });
-    (port, got)
 }
 
 fn reload(dir: &TempDir, url: &str, port: u16) -> Config {
