@@ -16,7 +16,9 @@ use crate::bus::{BusError, Redis};
 use crate::config::Config;
 use crate::edge::{Edge, LatestSnapshot};
 use crate::handlers::Registry;
-use crate::internal_events::{HealthRefreshFailed, HealthRefreshed, RedisReconnected};
+use crate::internal_events::{
+    HealthRefreshFailed, HealthRefreshed, RedisReconnected, SpansDropped,
+};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::watchdog::{LOOP_SLACK, Liveness};
@@ -148,6 +150,41 @@ pub async fn run_with(
     opts: RunOptions,
     shutdown: Shutdown,
 ) -> Result<(), RunError> {
+    let telemetry = start_tracing(&config, &opts.metrics);
+    let r = run_traced(config, opts, shutdown).await;
+    if let Some(t) = telemetry {
+        // Flushing blocks (at most the export timeout): not on a runtime worker.
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    r
+}
+
+/// Installs the OTLP tracer of `[tracing]`, if enabled. Tracing that cannot start is
+/// logged and left off: it never keeps the daemon from delivering.
+fn start_tracing(config: &Config, metrics: &Arc<Metrics>) -> Option<crate::telemetry::Telemetry> {
+    let m = metrics.clone();
+    let on_drop: crate::telemetry::DropHook = Arc::new(move |reason, count| {
+        SpansDropped {
+            reason: reason.as_str(),
+            count,
+        }
+        .emit(&m);
+    });
+    let t = &config.tracing;
+    match crate::telemetry::install(t, &config.daemon.instance, on_drop) {
+        Ok(Some(telemetry)) => {
+            tracing::info!(endpoint = t.endpoint(), protocol = t.protocol.as_str(), ratio = t.sampling.ratio, parent_based = t.sampling.parent_based, service = %t.service_name, "tracing: exporting spans over OTLP");
+            Some(telemetry)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "tracing could not start; running without it");
+            None
+        }
+    }
+}
+
+async fn run_traced(config: Config, opts: RunOptions, shutdown: Shutdown) -> Result<(), RunError> {
     let mut sd = shutdown.clone();
     // Build every handler first: a bad option is a configuration error, fail fast.
     let mut handlers = vec![];

@@ -12,8 +12,8 @@
 use std::time::Duration;
 
 use crate::metrics::{
-    BreakerLabels, DeadLetterLabels, GroupLabel, HttpLabels, LimitLabel, Metrics, RouteLabel,
-    StreamGroup, StreamLabel, TransitionLabels, UpstreamLabels,
+    BreakerLabels, DeadLetterLabels, DropLabel, GroupLabel, HttpLabels, LimitLabel, Metrics,
+    RouteLabel, StreamGroup, StreamLabel, TransitionLabels, UpstreamLabels,
 };
 
 const CONSUME: &str = "astra_bus::bus::consume";
@@ -22,6 +22,7 @@ const RECLAIM: &str = "astra_bus::bus::reclaim";
 const DAEMON: &str = "astra_bus::daemon";
 const EDGE: &str = "astra_bus::edge";
 const UPSTREAM: &str = "astra_bus::upstream";
+const TELEMETRY: &str = "astra_bus::telemetry";
 
 /// A batch of entries was read by a group (`astra_consumed_total`).
 pub struct EntriesConsumed<'a> {
@@ -427,5 +428,37 @@ impl UpstreamAttempted<'_> {
                 outcome: self.outcome.to_string(),
             })
             .inc();
+    }
+}
+
+/// Finished spans that never reached the OTLP collector
+/// (`astra_bus_trace_spans_dropped_total{reason}`; `reason` is `queue_full` or
+/// `export_failed`). Delivery goes on regardless; the warning comes at most once a minute
+/// so a collector that is down does not flood the log.
+pub struct SpansDropped {
+    pub reason: &'static str,
+    pub count: u64,
+}
+
+impl SpansDropped {
+    pub fn emit(self, m: &Metrics) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LAST_WARNED: AtomicU64 = AtomicU64::new(0);
+        m.trace_spans_dropped
+            .get_or_create(&DropLabel {
+                reason: self.reason.to_string(),
+            })
+            .inc_by(self.count);
+        let now = crate::envelope::now_ms().max(0) as u64 / 1000;
+        let last = LAST_WARNED.load(Ordering::Relaxed);
+        if now >= last + 60
+            && LAST_WARNED
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(target: TELEMETRY, reason = self.reason, count = self.count, "spans dropped: the OTLP collector is down or too slow (delivery is not affected; astra_bus_trace_spans_dropped_total counts them)");
+        } else {
+            tracing::debug!(target: TELEMETRY, reason = self.reason, count = self.count, "spans dropped");
+        }
     }
 }

@@ -60,13 +60,18 @@
 //!   and the gateway proxy `/api/v1/<service>/…`, API keys, rate limits, idempotency).
 //! - [`shutdown`]: the shutdown signal every loop listens to.
 //! - [`watchdog`]: liveness of the delivery loops and the systemd watchdog fed from it.
-//! - [`logging`]: text or JSON-lines logs.
+//! - [`logging`]: text or JSON-lines logs; installs the global subscriber, with the
+//!   slot [`telemetry`] plugs its OpenTelemetry layer into.
+//! - [`telemetry`]: distributed tracing over OTLP (off by default): `mod.rs` the resolved
+//!   `[tracing]` settings, [`telemetry::install`] and the layer slot; `spans.rs` the spans
+//!   (edge request SERVER, publish PRODUCER, per (group, event) CONSUMER) and the
+//!   `traceparent` form; `export.rs` the bounded export queue that counts what it drops.
 //! - [`cli`]: the `astra-bus` command line: `args.rs` the argument model, one file per
 //!   subcommand family, `mod.rs` the `main` that dispatches to them.
 
 // Imports point one way (`tests/layers.rs` checks it, naming file:line, and that the graph
 // has no cycle): the bottom (`envelope`, `events`, `calendar`, `group`, `handler`,
-// `shutdown`, `logging`, `watchdog`) imports nothing above it; `handlers` only the bottom;
+// `shutdown`, `logging`, `telemetry`, `watchdog`) imports nothing above it; `handlers` only the bottom;
 // `config` the bottom and `handlers::Registry` (handler-name validation; one way:
 // `handlers` never imports `config`); `metrics`, `internal_events`, `kpi` and `health` the bottom and
 // `handlers`' field names; `bus` all of those; `upstream` those and `bus`; `daemon`,
@@ -94,6 +99,7 @@ pub mod kpi;
 pub mod logging;
 pub mod metrics;
 pub mod shutdown;
+pub mod telemetry;
 pub mod upstream;
 pub mod watchdog;
 

@@ -16,24 +16,43 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFi
 use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the global subscriber: `format` is `text` or `json`; the filter comes from
-/// `ASTRA_LOG` (default `info`). A second call is a no-op.
+/// `ASTRA_LOG` (default `info`). Under the log formatter sits
+/// [`crate::telemetry::OtelSlot`], which exports spans once tracing is installed (and
+/// does nothing before). A second call is a no-op.
 pub fn init(format: &str) {
     use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("ASTRA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        let _ = b
-            .with_ansi(false)
-            .fmt_fields(JsonFields::new())
-            .event_format(JsonLines)
-            .try_init();
+    // The spans made for OpenTelemetry are not log context: keeping them out of the log
+    // formatter keeps every log line as it was (and their fields out of JSON lines).
+    let filter = match format!("{}=off", crate::telemetry::TARGET).parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    };
+    let otel = crate::telemetry::OtelSlot.with_filter(crate::telemetry::OtelSlot::filter());
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(otel);
+    let _ = if format == "json" {
+        registry
+            .with(
+                fmt.with_ansi(false)
+                    .fmt_fields(JsonFields::new())
+                    .event_format(JsonLines)
+                    .with_filter(filter),
+            )
+            .try_init()
     } else {
         // Colours only for a person at a terminal, not for journald or a log file.
-        let _ = b.with_ansi(std::io::stderr().is_terminal()).try_init();
-    }
+        registry
+            .with(
+                fmt.with_ansi(std::io::stderr().is_terminal())
+                    .with_filter(filter),
+            )
+            .try_init()
+    };
 }
 
 /// The flat JSON-lines event format (see the module docs).

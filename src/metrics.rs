@@ -93,6 +93,12 @@ pub struct UpstreamLabels {
     pub outcome: String,
 }
 
+/// Labels of dropped spans: why (`queue_full`, `export_failed`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    pub reason: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// A gauge holding fractional values.
@@ -176,6 +182,8 @@ pub struct Metrics {
     pub breaker_transitions: Family<TransitionLabels, Counter>,
     /// Attempts at a service's instances by outcome.
     pub upstream_requests: Family<UpstreamLabels, Counter>,
+    /// Finished spans that never reached the OTLP collector, by reason.
+    pub trace_spans_dropped: Family<DropLabel, Counter>,
     /// Last totals seen, so counters advance by the difference.
     last_totals: std::sync::Mutex<std::collections::BTreeMap<String, i64>>,
 }
@@ -231,6 +239,7 @@ impl Metrics {
             breaker_state: Family::default(),
             breaker_transitions: Family::default(),
             upstream_requests: Family::default(),
+            trace_spans_dropped: Family::default(),
             last_totals: Default::default(),
             registry: Registry::default(),
         };
@@ -424,6 +433,18 @@ impl Metrics {
             "Attempts at a service's instances by outcome (ok, error_status, refused, timeout, lost, too_large)",
             m.upstream_requests.clone(),
         );
+        registry.register(
+            "astra_bus_trace_spans_dropped",
+            "Finished spans that never reached the OTLP collector, by reason (queue_full: the \
+             export queue was full; export_failed: the collector failed or timed out)",
+            m.trace_spans_dropped.clone(),
+        );
+        // Both series from the start, at zero: a dashboard sees "none dropped", not "no data".
+        for reason in ["queue_full", "export_failed"] {
+            let _ = m.trace_spans_dropped.get_or_create(&DropLabel {
+                reason: reason.to_string(),
+            });
+        }
         for (kpi, target) in crate::kpi::TARGETS {
             m.kpi_target
                 .get_or_create(&KpiLabel {

@@ -13,7 +13,7 @@
 //!
 //! | layer | modules | may import |
 //! |---|---|---|
-//! | bottom | `envelope`, `events`, `calendar`, `group`, `handler`, `shutdown`, `logging`, `watchdog` | bottom |
+//! | bottom | `envelope`, `events`, `calendar`, `group`, `handler`, `shutdown`, `logging`, `telemetry`, `watchdog` | bottom |
 //! | domain | `handlers` | bottom |
 //! | domain | `config` | bottom; `handlers::Registry` (handler-name validation), `handlers::testing` in unit tests |
 //! | observability | `metrics`, `internal_events`, `kpi`, `health` | bottom, `handlers` (the analytics field names), observability |
@@ -41,7 +41,15 @@ use std::collections::BTreeSet;
 use reader::{Import, ROOT, Tok, cycles, graph, imports, sources, top_of};
 
 const BOTTOM: &[&str] = &[
-    "envelope", "events", "calendar", "group", "handler", "shutdown", "logging", "watchdog",
+    "envelope",
+    "events",
+    "calendar",
+    "group",
+    "handler",
+    "shutdown",
+    "logging",
+    "telemetry",
+    "watchdog",
 ];
 const OBSERVABILITY: &[&str] = &["metrics", "internal_events", "kpi", "health"];
 const TOP: &[&str] = &["daemon", "edge", "cli", "main"];

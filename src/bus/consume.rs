@@ -46,6 +46,7 @@ use crate::internal_events::{
 };
 use crate::metrics::{GroupLabel, Metrics};
 use crate::shutdown::Shutdown;
+use crate::telemetry::spans::{self, Traced};
 
 /// Exponential backoff used for Redis trouble: 50 ms doubling to 5 s, with jitter.
 pub fn redis_backoff() -> impl Iterator<Item = Duration> {
@@ -160,6 +161,9 @@ pub(super) struct Work {
     pub(super) decided: Option<Result<Step, HandlerError>>,
     /// Requests about this event that reached a remote handler's service and failed.
     pub(super) remote_failures: u32,
+    /// Its `process` span (off unless tracing is on): its context is the `tp` of what it
+    /// derives.
+    trace: Traced,
 }
 
 impl Work {
@@ -239,6 +243,10 @@ async fn run_batch(
         match commit(ctx, from, &batch, &steps, shutdown).await {
             Ok(outcomes) => batch.apply(ctx, &steps, outcomes),
             Err(left) => {
+                batch
+                    .active
+                    .iter()
+                    .for_each(|w| w.trace.outcome("left_pending", None));
                 batch.report.left_pending += left;
                 batch.active.clear();
                 return batch.report;
@@ -259,6 +267,9 @@ async fn run_batch(
             } else {
                 // Left pending: the reclaimer redelivers them after claim_idle, and Redis's
                 // delivery count sends them to the dead letters eventually.
+                retry_later
+                    .iter()
+                    .for_each(|w| w.trace.outcome("left_pending", None));
                 batch.report.left_pending += retry_later.len();
             }
         }
@@ -350,6 +361,15 @@ fn decode(
         match decoded {
             Ok(env) => {
                 let letter = over_limit.then(too_many);
+                let trace = spans::process(
+                    &g.name,
+                    &stream,
+                    &env.id,
+                    &e.id,
+                    &env.cid,
+                    env.tp.as_deref(),
+                    replay,
+                );
                 let w = Work {
                     ev: Event {
                         stream,
@@ -363,6 +383,7 @@ fn decode(
                     conflicts: 0,
                     decided: None,
                     remote_failures: 0,
+                    trace,
                 };
                 match letter {
                     Some(d) => batch.over_limit.push((w, d)),
@@ -403,12 +424,18 @@ async fn triage_over_limit(ctx: &GroupContext, from: &str, batch: &mut Batch) {
     for ((w, letter), m) in over.into_iter().zip(memory) {
         let limit = 2 * u64::from(ctx.group.max_deliveries);
         match m {
-            Memory::Done => acks.push(w.ev.entry_id),
+            Memory::Done => {
+                w.trace.outcome("duplicate", None);
+                acks.push(w.ev.entry_id)
+            }
             Memory::Started if w.attempts <= limit => {
                 tracing::info!(group = %ctx.group.name, stream = from, entry = %w.ev.entry_id, attempts = w.attempts, "entry over max_deliveries was committed in part before: finishing it");
                 batch.active.push(w);
             }
-            _ => batch.dead.push(letter),
+            _ => {
+                w.trace.dead_lettered(letter.reason.as_str(), &letter.error);
+                batch.dead.push(letter)
+            }
         }
     }
     if !acks.is_empty() {
@@ -453,6 +480,7 @@ fn decide(ctx: &GroupContext, batch: &mut Batch) -> (Vec<Step>, Vec<Work>) {
                 batch.dead.push(w.into_dead(Reason::Poison, reason))
             }
             Err(HandlerError::Retry(reason)) => {
+                w.trace.outcome("retry", None);
                 tracing::debug!(group = %ctx.group.name, stream = %w.ev.stream, entry = %w.ev.entry_id, cid = %w.ev.env.cid, %reason, "handler asked to retry");
                 retry_later.push(w);
             }
@@ -542,11 +570,14 @@ fn round_item<'a>(group: &str, w: &'a Work, step: &'a Step) -> RoundItem<'a> {
             emit.iter()
                 .enumerate()
                 .map(|(n, e)| {
-                    (
-                        e.stream.clone(),
+                    let mut d =
                         w.ev.env
-                            .derive(group, n as u32, &e.event_type, e.v, e.data.clone()),
-                    )
+                            .derive(group, n as u32, &e.event_type, e.v, e.data.clone());
+                    // Traced: the derived event continues the trace from this event's span.
+                    if w.trace.tp.is_some() {
+                        d.tp.clone_from(&w.trace.tp);
+                    }
+                    (e.stream.clone(), d)
                 })
                 .collect(),
         ),
@@ -563,6 +594,7 @@ fn round_item<'a>(group: &str, w: &'a Work, step: &'a Step) -> RoundItem<'a> {
 
 impl Work {
     pub(super) fn into_dead(self, reason: Reason, error: String) -> DeadLetter {
+        self.trace.dead_lettered(reason.as_str(), &error);
         DeadLetter {
             entry_id: self.ev.entry_id,
             stream: self.ev.stream,
@@ -598,6 +630,7 @@ impl Batch {
                             }
                         }
                         self.report.committed += 1;
+                        w.trace.outcome("ok", None);
                         EventCommitted {
                             labels: &self.labels,
                             group: &gl,
@@ -616,6 +649,7 @@ impl Batch {
                     }
                 }
                 RoundOutcome::AlreadyDone => {
+                    w.trace.outcome("duplicate", None);
                     self.report.duplicates += 1;
                     DuplicatesSkipped {
                         labels: &self.labels,
@@ -624,6 +658,7 @@ impl Batch {
                     .emit(m);
                 }
                 RoundOutcome::NotOurs => {
+                    w.trace.outcome("not_ours", None);
                     tracing::debug!(group = %g.name, stream = %w.ev.stream, entry = %w.ev.entry_id, "entry no longer pending for us (finished or dead-lettered elsewhere)");
                     self.report.not_ours += 1;
                 }
@@ -639,6 +674,7 @@ impl Batch {
                     }
                     .emit(m);
                     if w.conflicts > MAX_CHAIN_CONFLICTS {
+                        w.trace.outcome("left_pending", None);
                         self.chain_gave_up += 1;
                         self.report.left_pending += 1;
                     } else {

@@ -12,8 +12,8 @@
 //! - `raw`: the TOML as written.
 //! - `model`: [`Config`] and its sections, with their defaults.
 //! - `validate`: raw → model, per section (`redis`, `delivery`, `streams`, `daemon`,
-//!   `groups`; `[edge]` is validated in `edge`).
-//! - `env`: the `ASTRA_*` overrides.
+//!   `groups`, `tracing`; `[edge]` is validated in `edge`).
+//! - `env`: the `ASTRA_*` overrides, and the standard `OTEL_*` variables of `[tracing]`.
 //! - `url`: `redis.url`'s three forms.
 //! - `load`: reading the files and putting the steps together.
 

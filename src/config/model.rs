@@ -26,6 +26,8 @@ pub struct Config {
     pub edge: EdgeConfig,
     /// Metrics collection.
     pub metrics: MetricsConfig,
+    /// Distributed tracing (`[tracing]`, then the `OTEL_*` environment).
+    pub tracing: crate::telemetry::TracingConfig,
     /// The stream catalog, in file order.
     pub streams: Vec<StreamConfig>,
     /// Every consumer group, resolved against the defaults, ordered by file then position.

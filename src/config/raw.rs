@@ -30,6 +30,9 @@ pub(super) struct RawStreamsFile {
     /// Metrics collection.
     #[serde(default)]
     pub(super) metrics: RawMetrics,
+    /// Distributed tracing over OTLP (off by default).
+    #[serde(default)]
+    pub(super) tracing: RawTracing,
     /// The stream catalog.
     #[serde(default)]
     pub(super) stream: Vec<RawStream>,
@@ -136,6 +139,38 @@ pub(super) struct RawDaemon {
 pub(super) struct RawMetrics {
     /// How often stream and group health is read from Redis (one pipelined round).
     pub(super) refresh_interval: Option<Spanned<String>>,
+}
+
+/// `[tracing]`: every field is optional; the defaults are those of
+/// [`crate::telemetry::TracingConfig`], and the `OTEL_*` environment overrides them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTracing {
+    /// Export spans over OTLP. Default `false`.
+    #[serde(default)]
+    pub(super) enabled: Option<Spanned<bool>>,
+    /// The traces endpoint: for `http/protobuf` the full URL (default
+    /// `http://localhost:4318/v1/traces`), for `grpc` `http://host:port` (default
+    /// `http://localhost:4317`).
+    #[serde(default)]
+    pub(super) endpoint: Option<Spanned<String>>,
+    /// `"http/protobuf"` (default) or `"grpc"`.
+    #[serde(default)]
+    pub(super) protocol: Option<Spanned<String>>,
+    /// Fraction of new traces kept, 0.0 to 1.0 (default 1.0); an event that arrives with
+    /// a `traceparent` follows its sampled flag.
+    #[serde(default)]
+    pub(super) sampling_ratio: Option<Spanned<f64>>,
+    /// `service.name` of the exported spans. Default `"astra-bus"`.
+    #[serde(default)]
+    pub(super) service_name: Option<Spanned<String>>,
+    /// Finished spans waiting for export at most (default 8192); beyond, spans are
+    /// dropped and counted, never waited for.
+    #[serde(default)]
+    pub(super) queue_size: Option<Spanned<i64>>,
+    /// How long one export may take before its spans count as dropped. Default `"5s"`.
+    #[serde(default)]
+    pub(super) export_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

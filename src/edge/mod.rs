@@ -613,7 +613,21 @@ async fn observe(State(edge): State<Arc<Edge>>, req: Request, next: Next) -> Res
         _ => "other",
     };
     let started = Instant::now();
-    let resp = next.run(req).await;
+    // The SERVER span (nothing while tracing is off); what the request publishes is
+    // traced under it.
+    let trace = match req.extensions().get::<RequestCtx>() {
+        Some(c) if crate::telemetry::enabled() => {
+            crate::telemetry::spans::request(method, &route, &c.cid, c.traceparent.as_deref())
+        }
+        _ => crate::telemetry::spans::Traced::off(),
+    };
+    let resp = if trace.tp.is_some() {
+        use tracing::Instrument as _;
+        next.run(req).instrument(trace.span.clone()).await
+    } else {
+        next.run(req).await
+    };
+    crate::telemetry::spans::answered(&trace, resp.status().as_u16());
     HttpRequestAnswered {
         route: &route,
         method,

@@ -34,6 +34,7 @@ use crate::envelope::{ContentType, Envelope};
 use crate::events::schema::{self, Problem};
 use crate::events::streams;
 use crate::internal_events::{EventsPublished, IdempotentReplay};
+use crate::telemetry::spans::{self, Traced};
 
 /// The field a validation message is about (`missing field `x``, `x: reason`).
 fn field_of(msg: &str) -> Option<String> {
@@ -309,6 +310,59 @@ struct Outcome {
 /// anything is stored).
 #[allow(clippy::too_many_arguments)]
 async fn store(
+    edge: &Edge,
+    ctx: &RequestCtx,
+    caller: &Caller,
+    route: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    mut events: Vec<(String, Envelope)>,
+    extra: Map<String, Value>,
+) -> Result<Outcome, ApiError> {
+    // One PRODUCER span per event (none while tracing is off): the event's `tp` becomes
+    // the span's context, so its consumers' spans are children of this publish.
+    let traces: Vec<Traced> = if !crate::telemetry::enabled() {
+        Vec::new() // no allocation, no span
+    } else {
+        events
+            .iter_mut()
+            .map(|(s, e)| {
+                // The request's own `traceparent` is already the SERVER span's parent; only an
+                // event's own `tp` (a batch item's) is a parent of its own.
+                let own =
+                    e.tp.as_deref()
+                        .filter(|tp| *tp != ctx.traceparent.as_deref().unwrap_or(""));
+                let t = spans::publish(s, &e.id, &e.cid, own);
+                if t.tp.is_some() {
+                    e.tp.clone_from(&t.tp);
+                }
+                t
+            })
+            .collect()
+    };
+    let r = store_traced(edge, ctx, caller, route, headers, body, events, extra).await;
+    for (i, t) in traces.iter().enumerate() {
+        match &r {
+            Ok(o) => {
+                let entry = o.events.get(i).map_or("", |s| s.entry_id.as_str());
+                t.span.record("astra.entry_id", entry);
+                t.outcome(
+                    if o.replayed {
+                        "idempotent_replay"
+                    } else {
+                        "ok"
+                    },
+                    None,
+                );
+            }
+            Err(e) => t.outcome("failed", Some(&format!("{}: {}", e.code, e.detail))),
+        }
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn store_traced(
     edge: &Edge,
     ctx: &RequestCtx,
     caller: &Caller,

@@ -20,6 +20,7 @@ mod groups;
 mod redis;
 mod services;
 mod streams;
+pub(in crate::config) mod tracing;
 
 /// Collects diagnostics while the sections are validated.
 pub(in crate::config) struct Validator {
@@ -55,6 +56,7 @@ impl Validator {
         let (retention, stream_defaults) = self.retention(sfile, stext, &raw.retention);
         let daemon = self.daemon(sfile, stext, &raw.daemon);
         let metrics = self.metrics(sfile, stext, &raw.metrics);
+        let tracing = self.tracing(sfile, stext, &raw.tracing);
         let streams = self.streams(dir, sfile, stext, &raw.stream, &stream_defaults);
         let declared: BTreeSet<&str> = streams.iter().map(|s| s.name.as_str()).collect();
         self.default_dead_letter_declared(sfile, stext, &defaults, &declared);
@@ -78,6 +80,7 @@ impl Validator {
             daemon,
             edge,
             metrics,
+            tracing,
             streams,
             groups,
             services,
