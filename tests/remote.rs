@@ -443,3 +443,54 @@ async fn a_service_failing_every_request_dead_letters_after_max_deliveries() {
     let _ = broken.wait();
     drop(d);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_tracing_on_the_service_is_asked_within_the_events_trace() {
+    let server = RedisServer::start();
+    let dir = config();
+    // Tracing on, the collector absent (spans are dropped; the context still flows).
+    let p = dir.join("streams.toml");
+    let dead = free_port();
+    let text = std::fs::read_to_string(&p).unwrap()
+        + &format!(
+            "\n[tracing]\nenabled = true\nendpoint = \"http://127.0.0.1:{dead}/v1/traces\"\n"
+        );
+    std::fs::write(&p, text).unwrap();
+    let logs = TempDir::new("remote-trace");
+    let edge = free_port();
+    let d = daemon(&dir, &server.url(), edge, &logs);
+    let port = free_port();
+    let _s = Service::start("scorer-a", port, Some(edge));
+    let redis = connect(&server.url()).await;
+    wait_until(Duration::from_secs(10), "registered", || async {
+        health(edge).await == Some((1, 1))
+    })
+    .await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("00-{trace}-00f067aa0ba902b7-01");
+    let (_, _, _) = http_get(edge, "/health").await;
+    let r = post_json(
+        edge,
+        &format!("/v1/events/{TRADES}"),
+        &[("traceparent", tp.as_str())],
+        &json!({"trade_id": "t1", "user_id": "u1", "symbol": "BTC", "side": "buy", "quantity": 1, "price_usd": 10}),
+    )
+    .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    wait_scored(&redis, 1, "scored").await;
+    let stats = http(port, "GET", "/stats", &[], b"").await.json();
+    let asked = stats["last_traceparent"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let stored = read_all(&redis, TRADES).await[0].1.tp.clone().unwrap();
+    let derived = read_all(&redis, SCORED).await[0].1.tp.clone().unwrap();
+    // Same trace; the service sees the group's process span, which the derived event names.
+    assert!(asked.starts_with(&format!("00-{trace}-")), "{asked}");
+    assert_ne!(
+        asked, stored,
+        "the service is asked within the group's span, not the producer's"
+    );
+    assert_eq!(asked, derived);
+    drop(d);
+}

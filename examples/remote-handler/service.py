@@ -65,7 +65,7 @@ def main():
     ap.add_argument("--key", help="an API key with scope register:<service> (edge.ops = \"keys\")")
     args = ap.parse_args()
     seen = set()
-    stats = {"requests": 0, "events": 0, "repeats": 0}
+    stats = {"requests": 0, "events": 0, "repeats": 0, "last_traceparent": None}
     lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
@@ -101,6 +101,7 @@ def main():
                 stats["requests"] += 1
                 stats["events"] += len(events)
                 for e in events:
+                    stats["last_traceparent"] = e.get("traceparent")
                     k = e["idempotency_key"]
                     if k in seen:
                         stats["repeats"] += 1

@@ -162,8 +162,8 @@ pub(super) struct Work {
     /// Requests about this event that reached a remote handler's service and failed.
     pub(super) remote_failures: u32,
     /// Its `process` span (off unless tracing is on): its context is the `tp` of what it
-    /// derives.
-    trace: Traced,
+    /// derives (and of what a remote handler's service is asked).
+    pub(super) trace: Traced,
 }
 
 impl Work {

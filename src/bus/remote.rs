@@ -69,11 +69,28 @@ pub(super) async fn ask(
         if idx.is_empty() {
             return true;
         }
-        let events: Vec<&crate::handler::Event> =
-            idx.iter().map(|&i| &batch.active[i].ev).collect();
+        // Traced: the service is asked within the event's process span, so its own spans
+        // join the trade's trace (a copy of the event only when tracing is on).
+        let traced: Vec<Option<crate::handler::Event>> = idx
+            .iter()
+            .map(|&i| {
+                let w = &batch.active[i];
+                w.trace.tp.as_ref().map(|tp| {
+                    let mut e = w.ev.clone();
+                    e.env.tp = Some(tp.clone());
+                    e
+                })
+            })
+            .collect();
+        let events: Vec<&crate::handler::Event> = idx
+            .iter()
+            .zip(&traced)
+            .map(|(&i, t)| t.as_ref().unwrap_or(&batch.active[i].ev))
+            .collect();
         let attempts: Vec<u64> = idx.iter().map(|&i| batch.active[i].attempts).collect();
         let asked = remote.decide(&events, &attempts).await;
         drop(events);
+        drop(traced);
         match asked {
             Asked::Decided(decisions) => {
                 if let Some(since) = waiting_since {
