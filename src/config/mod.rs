@@ -12,7 +12,8 @@
 //! - `raw`: the TOML as written.
 //! - `model`: [`Config`] and its sections, with their defaults.
 //! - `validate`: raw → model, per section (`redis`, `delivery`, `streams`, `daemon`,
-//!   `groups`, `tracing`; `[edge]` is validated in `edge`).
+//!   `groups`, `services`, `tracing`; `[edge]` is validated in `edge`).
+//! - `scope`: API key scopes and the service-name rule.
 //! - `env`: the `ASTRA_*` overrides, and the standard `OTEL_*` variables of `[tracing]`.
 //! - `url`: `redis.url`'s three forms.
 //! - `load`: reading the files and putting the steps together.
@@ -23,19 +24,20 @@ mod error;
 mod load;
 mod model;
 mod raw;
+mod scope;
 mod url;
 mod validate;
 
 pub use crate::envelope::parse_stream_name;
 pub use edge::{
-    ApiKey, AuthMode, EdgeConfig, RateLimitConfig, SERVICE_NAME_RULE, Scope, hex, key_sha256,
-    scope_syntax, valid_service, valid_user_id, visible_ascii,
+    ApiKey, AuthMode, EdgeConfig, RateLimitConfig, hex, key_sha256, valid_user_id, visible_ascii,
 };
 pub use error::{ConfigError, Diagnostic};
 pub use model::{
     BreakerConfig, Config, DaemonConfig, GroupConfig, MetricsConfig, RedisConfig, RedisMode,
     RetentionConfig, ServiceConfig, StartId, StreamConfig, default_instance,
 };
+pub use scope::{SERVICE_NAME_RULE, Scope, scope_syntax, valid_service};
 pub use url::parse_redis_url;
 // The `[edge]` section validates with the shared validator (`super::Validator`).
 use validate::{Validator, line_col};

@@ -7,9 +7,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::Validator;
-use crate::config::edge::{SERVICE_NAME_RULE, valid_service};
 use crate::config::model::{BreakerConfig, ServiceConfig};
 use crate::config::raw::RawService;
+use crate::config::scope::{SERVICE_NAME_RULE, valid_service};
 
 impl Validator {
     pub(super) fn services(
