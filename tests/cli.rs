@@ -217,6 +217,7 @@ async fn publish_status_tail_and_dead_letter_replay() {
     let moved = astra_bus::bus::deadletter::dead_letter(
         &redis,
         "user.profile_updates",
+        "c",
         "astra.user.registered.v1",
         "astra.bus.dead_letter.v1",
         &[dl],

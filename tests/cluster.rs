@@ -503,3 +503,84 @@ async fn dead_letters_replay_retention_reclaim_and_pruning_work_on_a_cluster() {
         "what test.fwd still needs is kept"
     );
 }
+
+/// A consumer dead-letters only entries still pending for itself: one another consumer
+/// claimed meanwhile is that consumer's to commit (else it could be both applied and listed
+/// as a dead letter; the fault suite found that once on a cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_move_only_entries_still_ours_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let redis = connect(&cluster.url()).await;
+    let pending = make_pending(&redis, 2).await;
+    dead_letters_only_ours(&redis, A, GROUP, &pending).await;
+}
+
+/// The same on one node (one script: the check and the move are atomic there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_move_only_entries_still_ours_on_one_node() {
+    let server = support::RedisServer::start();
+    let redis = connect(&server.url()).await;
+    let pending = make_pending(&redis, 2).await;
+    dead_letters_only_ours(&redis, A, GROUP, &pending).await;
+}
+
+async fn dead_letters_only_ours(
+    redis: &Redis,
+    stream: &str,
+    group: &str,
+    pending: &[(String, Envelope)],
+) {
+    use astra_bus::bus::deadletter::{DeadLetter, Reason, dead_letter};
+    // c2 claims the first entry from c1 (a reclaim after claim_idle).
+    redis
+        .cmd(
+            "XCLAIM",
+            vec![
+                arg(stream),
+                arg(group),
+                arg("c2"),
+                arg(0),
+                arg(pending[0].0.as_str()),
+                arg("JUSTID"),
+            ],
+        )
+        .await
+        .unwrap();
+    let letters: Vec<DeadLetter> = pending
+        .iter()
+        .map(|(id, env)| DeadLetter {
+            entry_id: id.clone(),
+            stream: stream.to_string(),
+            fields: env
+                .to_fields()
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v))
+                .collect(),
+            reason: Reason::Poison,
+            error: "test".into(),
+            attempts: 1,
+        })
+        .collect();
+    let moved = dead_letter(redis, group, "c1", stream, DLQ, &letters)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1, "only the entry still pending for c1 is moved");
+    assert_eq!(xlen(redis, DLQ).await, 1);
+    let of = |c: &'static str| async move {
+        array_len(
+            redis
+                .cmd(
+                    "XPENDING",
+                    vec![arg(stream), arg(group), arg("-"), arg("+"), arg(10), arg(c)],
+                )
+                .await
+                .unwrap(),
+        )
+    };
+    assert_eq!(of("c2").await, 1, "c2 keeps the entry it claimed");
+    assert_eq!(
+        of("c1").await,
+        0,
+        "c1's dead-lettered entry is acknowledged"
+    );
+}

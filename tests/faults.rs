@@ -548,6 +548,7 @@ async fn check(
     let cluster = redis.is_cluster();
     let mut rows: BTreeMap<Fault, Row> = BTreeMap::new();
     let mut lost = vec![];
+    let mut dups = vec![];
     for i in inputs {
         let row = rows.entry(i.fault).or_default();
         row.inputs += 1;
@@ -597,10 +598,21 @@ async fn check(
                 }
                 (1, 0) => row.processed += 1,
                 (0, _) => row.dead_lettered += 1,
-                _ => row.duplicates += 1,
+                _ => {
+                    row.duplicates += 1;
+                    dups.push(format!(
+                        "{g}: {} ({}, published during {:?}): {effects} effects, {dl} dead letters {:?}",
+                        i.id,
+                        i.user,
+                        i.fault,
+                        dead_reason.get(&key)
+                    ));
+                }
             }
         }
     }
+    // Duplicates are printed with the lost pairs (their logs help the same way).
+    lost.extend(dups.into_iter().map(|d| format!("DUPLICATE {d}")));
     (rows, unexpected, lost)
 }
 
@@ -869,8 +881,8 @@ async fn run_suite(backend: &mut Backend, faults: &[Fault], title: &str) {
     let dead_lettered: u64 = rows.values().map(|r| r.dead_lettered).sum();
     let malformed = inputs.iter().filter(|i| i.malformed).count() as u64;
     let crash_inputs = inputs.iter().filter(|i| i.crash).count() as u64;
-    if lost > 0 {
-        // What the daemons said about the lost inputs, to tell the cause.
+    if lost > 0 || duplicates > 0 {
+        // What the daemons said about the lost (or doubled) inputs, to tell the cause.
         let logs = fleet.logs_text();
         let dead = read_raw(&admin, DLQ).await;
         let resolved = hgetall_int(&admin, astra_bus::bus::dlq::RESOLVED).await;
@@ -881,7 +893,11 @@ async fn run_suite(backend: &mut Backend, faults: &[Fault], title: &str) {
         eprintln!("replay streams: {replays:?}; resolved: {}", resolved.len());
         for l in &lost_pairs {
             eprintln!("lost: {l}");
-            let id = l.split(' ').nth(1).unwrap_or_default();
+            let id = l
+                .trim_start_matches("DUPLICATE ")
+                .split(' ')
+                .nth(1)
+                .unwrap_or_default();
             for line in logs.lines().filter(|line| line.contains(id)) {
                 eprintln!("  log: {line}");
             }
@@ -895,7 +911,10 @@ async fn run_suite(backend: &mut Backend, faults: &[Fault], title: &str) {
             }
         }
     }
-    assert_eq!(lost, 0, "lost (input, group) pairs: {lost_pairs:?}");
+    assert_eq!(
+        lost, 0,
+        "lost (input, group) pairs (and duplicates): {lost_pairs:?}"
+    );
     assert_eq!(duplicates, 0, "duplicate effects");
     assert!(unexpected.is_empty(), "unexpected: {unexpected:?}");
     assert_eq!(

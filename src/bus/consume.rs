@@ -704,7 +704,16 @@ impl Batch {
         let mut backoff = redis_backoff();
         let mut sd = shutdown.clone();
         loop {
-            match dead_letter(&ctx.redis, &g.name, from, &g.dead_letter_stream, &self.dead).await {
+            match dead_letter(
+                &ctx.redis,
+                &g.name,
+                &ctx.consumer,
+                from,
+                &g.dead_letter_stream,
+                &self.dead,
+            )
+            .await
+            {
                 Ok(n) => {
                     self.report.dead_lettered += n;
                     self.log_dead_letters(ctx);

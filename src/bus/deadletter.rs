@@ -20,17 +20,18 @@ pub(crate) static DEAD_LETTER: Script = Script::new(
     "dead_letter",
     r#"#!lua
 -- KEYS[1] source stream, KEYS[2] dead-letter stream, KEYS[3] per-group dead-letter counts.
--- ARGV: group, n, then per entry: entry_id, n_args, field, value, ...
--- Only entries still pending in the group are moved (a concurrent consumer may have
--- finished one meanwhile); each is acknowledged only after its copy is stored.
-local group = ARGV[1]
-local n = tonumber(ARGV[2])
-local pos = 3
+-- ARGV: group, consumer, n, then per entry: entry_id, n_args, field, value, ...
+-- Only entries still pending for this consumer are moved: one another consumer has
+-- claimed meanwhile is its to finish (it may commit it), and one finished is gone. Each
+-- is acknowledged only after its copy is stored.
+local group, consumer = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+local pos = 4
 local moved = 0
 for i = 1, n do
   local id = ARGV[pos]
   local na = tonumber(ARGV[pos + 1])
-  if #redis.call('XPENDING', KEYS[1], group, id, id, 1) > 0 then
+  if #redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer) > 0 then
     local r = redis.pcall('XADD', KEYS[2], '*', unpack(ARGV, pos + 2, pos + 1 + na))
     if type(r) == 'table' and r['err'] then
       return redis.error_reply('dead-letter copy of ' .. id .. ' to ' .. KEYS[2] .. ': ' .. r['err'])
@@ -42,6 +43,28 @@ for i = 1, n do
   pos = pos + 2 + na
 end
 return moved
+"#,
+);
+
+/// Redis Cluster, after the copies are stored: acknowledges each entry still pending for
+/// this consumer, atomically with that check (one key, one slot); returns one flag per
+/// entry (1 acknowledged, 0 no longer ours: its copy is to be withdrawn).
+pub(crate) static ACK_IF_OURS: Script = Script::new(
+    "ack_if_ours",
+    r#"#!lua
+-- KEYS[1] source stream. ARGV: group, consumer, entry ids...
+local group, consumer = ARGV[1], ARGV[2]
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if #redis.call('XPENDING', KEYS[1], group, id, id, 1, consumer) > 0 then
+    redis.call('XACK', KEYS[1], group, id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
 "#,
 );
 
@@ -128,12 +151,14 @@ pub fn unpack_dead_letter(fields: Fields) -> (Vec<(String, String)>, Fields) {
     (meta, original)
 }
 
-/// Moves `entries` that `group` read from `stream` to `dead_letter_stream`, acknowledging
-/// each once its copy is stored, in one script call. Returns how many were moved (entries
-/// no longer pending in the group — another consumer finished them — are skipped).
+/// Moves `entries` that `consumer` of `group` read from `stream` to `dead_letter_stream`,
+/// acknowledging each once its copy is stored, in one script call. Returns how many were
+/// moved: entries no longer pending for `consumer` (another consumer finished them, or
+/// claimed them and may still commit them) are left to whoever has them.
 pub async fn dead_letter(
     redis: &Redis,
     group: &str,
+    consumer: &str,
     stream: &str,
     dead_letter_stream: &str,
     entries: &[DeadLetter],
@@ -147,9 +172,10 @@ pub async fn dead_letter(
         .map(|e| (e.entry_id.as_str(), copy_fields(group, e, &now)))
         .collect();
     if redis.is_cluster() {
-        return dead_letter_cluster(redis, group, stream, dead_letter_stream, copies).await;
+        return dead_letter_cluster(redis, group, consumer, stream, dead_letter_stream, copies)
+            .await;
     }
-    let mut args: Vec<Value> = vec![arg(group), arg(copies.len() as i64)];
+    let mut args: Vec<Value> = vec![arg(group), arg(consumer), arg(copies.len() as i64)];
     for (id, fields) in copies {
         args.push(arg(id));
         args.push(arg((fields.len() * 2) as i64));
@@ -168,25 +194,35 @@ pub async fn dead_letter(
 }
 
 /// Redis Cluster: the source stream, the dead-letter stream and the counts live in
-/// different slots, so no script can hold them together. Only entries still pending in the
-/// group are moved (checked with XPENDING first); then the copies are XADDed, the counts
-/// raised, and XACK comes last — a crash in between leaves the entry pending (it is
-/// dead-lettered again later: a second copy with the same `dlq_entry_id`), never lost.
+/// different slots, so no script can hold them together. Entries still pending for this
+/// consumer are copied first (XADD), then [`ACK_IF_OURS`] acknowledges, in one step with
+/// the check, those still pending for it; the copy of an entry another consumer claimed
+/// in between is withdrawn (XDEL), since that consumer may commit it. A crash between the
+/// copy and the acknowledgement leaves the entry pending (dead-lettered again later: a
+/// second copy with the same `dlq_entry_id`), never lost, never both applied and listed.
 async fn dead_letter_cluster(
     redis: &Redis,
     group: &str,
+    consumer: &str,
     stream: &str,
     dead_letter_stream: &str,
     copies: Vec<(&str, Fields)>,
 ) -> Result<usize, BusError> {
-    let still_pending = |id: &str| {
+    let still_ours = |id: &str| {
         (
             "XPENDING",
-            vec![arg(stream), arg(group), arg(id), arg(id), arg(1)],
+            vec![
+                arg(stream),
+                arg(group),
+                arg(id),
+                arg(id),
+                arg(1),
+                arg(consumer),
+            ],
         )
     };
     let checks = redis
-        .pipeline(copies.iter().map(|(id, _)| still_pending(id)).collect())
+        .pipeline(copies.iter().map(|(id, _)| still_ours(id)).collect())
         .await?;
     let mut moving = vec![];
     for ((id, fields), r) in copies.into_iter().zip(checks) {
@@ -206,19 +242,32 @@ async fn dead_letter_cluster(
         }
         cmds.push(("XADD", a));
     }
-    cmds.push((
-        "HINCRBY",
-        vec![
-            arg(DEAD_LETTER_COUNTS),
-            arg(group),
-            arg(moving.len() as i64),
-        ],
-    ));
+    let mut copy_ids = vec![];
     for r in redis.pipeline(cmds).await? {
-        r?;
+        copy_ids.push(super::client::as_string(&r?).unwrap_or_default());
     }
-    let mut a = vec![arg(stream), arg(group)];
+    let mut a = vec![arg(group), arg(consumer)];
     a.extend(moving.iter().map(|(id, _)| arg(*id)));
-    redis.cmd("XACK", a).await?;
-    Ok(moving.len())
+    let flags = as_array(ACK_IF_OURS.call(redis, vec![arg(stream)], a).await?).unwrap_or_default();
+    let acked = flags.iter().filter(|f| as_int(f) == Some(1)).count();
+    let withdrawn: Vec<Value> = flags
+        .iter()
+        .zip(&copy_ids)
+        .filter(|(f, _)| as_int(f) != Some(1))
+        .map(|(_, c)| arg(c.as_str()))
+        .collect();
+    if !withdrawn.is_empty() {
+        let mut a = vec![arg(dead_letter_stream)];
+        a.extend(withdrawn);
+        redis.cmd("XDEL", a).await?;
+    }
+    if acked > 0 {
+        redis
+            .cmd(
+                "HINCRBY",
+                vec![arg(DEAD_LETTER_COUNTS), arg(group), arg(acked as i64)],
+            )
+            .await?;
+    }
+    Ok(acked)
 }

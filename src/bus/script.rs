@@ -71,11 +71,12 @@ impl Script {
 
 /// Every script the crate runs, in one list: the library is built from it. (A unit test
 /// fails when a `Script::new` in `src/bus` is missing here.)
-pub fn all() -> [&'static Script; 8] {
+pub fn all() -> [&'static Script; 9] {
     [
         &super::commit::COMMIT,
         &super::commit::COMMIT_SLOT,
         &super::deadletter::DEAD_LETTER,
+        &super::deadletter::ACK_IF_OURS,
         &super::declare::ENSURE_STREAM,
         &super::reclaim::DELETE_IDLE_CONSUMER,
         &super::audit::SNAPSHOT,
