@@ -197,7 +197,8 @@ pub async fn dead_letter(
 /// different slots, so no script can hold them together. Entries still pending for this
 /// consumer are copied first (XADD), then [`ACK_IF_OURS`] acknowledges, in one step with
 /// the check, those still pending for it; the copy of an entry another consumer claimed
-/// in between is withdrawn (XDEL), since that consumer may commit it. A crash between the
+/// in between is withdrawn (marked resolved in [`super::dlq::RESOLVED`], so no longer
+/// listed), since that consumer may commit it. A crash between the
 /// copy and the acknowledgement leaves the entry pending (dead-lettered again later: a
 /// second copy with the same `dlq_entry_id`), never lost, never both applied and listed.
 async fn dead_letter_cluster(
@@ -250,16 +251,18 @@ async fn dead_letter_cluster(
     a.extend(moving.iter().map(|(id, _)| arg(*id)));
     let flags = as_array(ACK_IF_OURS.call(redis, vec![arg(stream)], a).await?).unwrap_or_default();
     let acked = flags.iter().filter(|f| as_int(f) == Some(1)).count();
-    let withdrawn: Vec<Value> = flags
-        .iter()
-        .zip(&copy_ids)
-        .filter(|(f, _)| as_int(f) != Some(1))
-        .map(|(_, c)| arg(c.as_str()))
-        .collect();
-    if !withdrawn.is_empty() {
-        let mut a = vec![arg(dead_letter_stream)];
-        a.extend(withdrawn);
-        redis.cmd("XDEL", a).await?;
+    // The dead-letter stream is append-only (no user needs XDEL): a withdrawn copy is
+    // marked resolved, as a replayed or purged one is, and no longer listed.
+    let now = now_ms();
+    let mut withdrawn = vec![arg(super::dlq::RESOLVED)];
+    for (f, c) in flags.iter().zip(&copy_ids) {
+        if as_int(f) != Some(1) {
+            withdrawn.push(arg(c.as_str()));
+            withdrawn.push(arg(format!("withdrawn {now}")));
+        }
+    }
+    if withdrawn.len() > 1 {
+        redis.cmd("HSET", withdrawn).await?;
     }
     if acked > 0 {
         redis
