@@ -156,10 +156,7 @@ pub fn check_consumed(
         return Ok(());
     };
     let v = data()?;
-    p.check_consumed(&v).map_err(|e| match e.field {
-        Some(f) => format!("field `{f}`: {} (the contract of {stream})", e.message),
-        None => format!("{} (the contract of {stream})", e.message),
-    })
+    p.check_consumed(&v).map_err(|e| breaks_contract(stream, e))
 }
 
 /// Checks what a remote handler's service will receive: every field the stream's contract
@@ -174,10 +171,15 @@ pub fn check_for_service(
         return Ok(());
     };
     let v = data()?;
-    p.check_lenient(&v).map_err(|e| match e.field {
+    p.check_lenient(&v).map_err(|e| breaks_contract(stream, e))
+}
+
+/// A contract problem as consumers word it: the field, what is wrong, whose contract.
+fn breaks_contract(stream: &str, e: schema::Problem) -> String {
+    match e.field {
         Some(f) => format!("field `{f}`: {} (the contract of {stream})", e.message),
         None => format!("{} (the contract of {stream})", e.message),
-    })
+    }
 }
 
 // ---------------------------------------------------------------------------------------

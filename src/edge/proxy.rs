@@ -225,14 +225,7 @@ pub async fn proxy(
 /// The client's headers minus hop-by-hop ones, the ones the edge replaces, and any
 /// `X-Astra-*` (the edge's own namespace).
 fn forwarded_headers(from: &HeaderMap) -> HeaderMap {
-    // `Connection: x, y` names more hop-by-hop headers.
-    let named: Vec<String> = from
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
+    let named = connection_named(from);
     let mut out = HeaderMap::new();
     for (k, v) in from {
         let n = k.as_str();
@@ -248,19 +241,23 @@ fn forwarded_headers(from: &HeaderMap) -> HeaderMap {
     out
 }
 
-/// The instance's answer, without its hop-by-hop headers.
-fn relay(resp: hyper::Response<Bytes>) -> Response {
-    let (parts, body) = resp.into_parts();
-    let mut out = Response::new(Body::from(body));
-    *out.status_mut() = parts.status;
-    let named: Vec<String> = parts
-        .headers
+/// The headers `Connection: x, y` names as hop-by-hop too (lower-cased).
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
+        .collect()
+}
+
+/// The instance's answer, without its hop-by-hop headers.
+fn relay(resp: hyper::Response<Bytes>) -> Response {
+    let (parts, body) = resp.into_parts();
+    let mut out = Response::new(Body::from(body));
+    *out.status_mut() = parts.status;
+    let named = connection_named(&parts.headers);
     for (k, v) in &parts.headers {
         let n = k.as_str();
         if HOP_BY_HOP.contains(&n) || named.iter().any(|x| x == n) {

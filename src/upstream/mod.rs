@@ -173,7 +173,7 @@ impl Upstreams {
         let counts = counts(breakers);
         drop(inner);
         if let Some((instance, (from, to))) = transition {
-            self.transitioned(&up, &instance, from, to, counts);
+            transitioned(&self.metrics, &up, &instance, from, to, counts);
         }
         match chosen {
             Some((inst, probe)) => Ok(Attempt {
@@ -234,17 +234,6 @@ impl Upstreams {
         }
         .emit(&self.metrics);
         Ok(())
-    }
-
-    fn transitioned(
-        &self,
-        up: &Upstream,
-        instance: &str,
-        from: State,
-        to: State,
-        counts: [i64; 3],
-    ) {
-        transitioned(&self.metrics, up, instance, from, to, counts);
     }
 }
 

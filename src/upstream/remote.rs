@@ -88,7 +88,7 @@ impl RemoteDecider {
     }
 
     async fn ask(&self, events: &[&Event], attempts: &[u64]) -> Asked {
-        let body = request_body(&self.group.name, events, attempts);
+        let body = Bytes::from(request_body(&self.group.name, events, attempts));
         let Some(svc) = self.upstreams.service(&self.spec.service).cloned() else {
             return Asked::Wait {
                 retry_in: Duration::from_secs(5),
@@ -120,7 +120,7 @@ impl RemoteDecider {
                     req = req.header("traceparent", tp.as_str());
                 }
             }
-            let Ok(req) = req.body(Full::new(Bytes::from(body.clone()))) else {
+            let Ok(req) = req.body(Full::new(body.clone())) else {
                 attempt.failed();
                 last_refusal = Some(format!("instance url {url:?} is unusable"));
                 continue;
